@@ -1,0 +1,5 @@
+"""The ``nearcast`` console script (placeholder replaced below)."""
+
+
+def main() -> None:
+    """Entry point."""

@@ -1,5 +1,157 @@
-"""The ``nearcast`` console script (placeholder replaced below)."""
+"""The ``nearcast`` console script: daemons, operator commands and the demo.
+
+Thin by design: each command parses its options, builds the same object the daemons use, calls one
+method and prints.  Every failure is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.errors import NearcastError
+
+from . import __version__
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run(coro: Any) -> None:
+    try:
+        asyncio.run(coro)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nearcast")
+def cli() -> None:
+    """nearcast: video delivery from caches inside ISP networks, and the recommender that fills them."""
+
+
+# -- daemons ------------------------------------------------------------------------------------------
+@cli.group()
+def edge() -> None:
+    """The edge appliance daemon."""
+
+
+@edge.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The appliance's TOML config file.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def edge_serve(config_path: Path, verbose: int) -> None:
+    """Run the edge daemon until SIGTERM or SIGINT."""
+    from edge.config import ENV_PREFIX, EdgeConfig
+    from edge.daemon import run
+    from shared import config as cfg
+
+    _setup_logging(max(verbose, 1))
+    try:
+        conf = cfg.load(EdgeConfig, config_path, env_prefix=ENV_PREFIX)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    _run(run(conf))
+
+
+@cli.group()
+def control() -> None:
+    """The central control plane daemon."""
+
+
+@control.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The control plane's TOML config file.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def control_serve(config_path: Path, verbose: int) -> None:
+    """Run the control plane until SIGTERM or SIGINT."""
+    from control.config import ENV_PREFIX, ControlConfig
+    from control.daemon import run
+    from shared import config as cfg
+
+    _setup_logging(max(verbose, 1))
+    try:
+        conf = cfg.load(ControlConfig, config_path, env_prefix=ENV_PREFIX)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    _run(run(conf))
+
+
+# -- config docs --------------------------------------------------------------------------------------
+def _config_class(daemon: str) -> tuple[type[Any], str]:
+    if daemon == "edge":
+        from edge.config import ENV_PREFIX, EdgeConfig
+
+        return EdgeConfig, ENV_PREFIX
+    from control.config import ENV_PREFIX as CONTROL_PREFIX
+    from control.config import ControlConfig
+
+    return ControlConfig, CONTROL_PREFIX
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Config file documentation and templates."""
+
+
+@config_group.command("template")
+@click.argument("daemon", type=click.Choice(["edge", "control"]))
+def config_template(daemon: str) -> None:
+    """Print a commented config file with every setting at its default."""
+    from shared.config import render_template
+
+    cls, _ = _config_class(daemon)
+    click.echo(render_template(cls, f"nearcast {daemon} configuration"), nl=False)
+
+
+@config_group.command("docs")
+@click.argument("daemon", type=click.Choice(["edge", "control"]))
+def config_docs(daemon: str) -> None:
+    """Print the settings reference (Markdown)."""
+    from shared.config import render_markdown
+
+    cls, prefix = _config_class(daemon)
+    click.echo(render_markdown(cls, f"`{daemon}` settings", prefix), nl=False)
+
+
+@config_group.command("check")
+@click.argument("daemon", type=click.Choice(["edge", "control"]))
+@click.argument("path", type=click.Path(path_type=Path))
+def config_check(daemon: str, path: Path) -> None:
+    """Validate a config file (and the environment overrides) without starting anything."""
+    from shared import config as cfg
+
+    cls, prefix = _config_class(daemon)
+    try:
+        cfg.load(cls, path, env_prefix=prefix)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: ok")
+
+
+# -- demo ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--port", default=8700, show_default=True, help="Control API port.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep state here (reused by the next run); default a temporary folder.")
+@click.option("--edges", default=2, show_default=True, type=click.IntRange(1, 8), help="Edge appliances to run.")
+@click.option("--exit-after", type=float, default=None, hidden=True,
+              help="Stop by itself after this many seconds once up (tests).")
+def demo(port: int, state_dir: Path | None, edges: int, exit_after: float | None) -> None:
+    """Run a whole nearcast on this machine: broker, control plane and edge appliances."""
+    from .demo import Demo
+
+    _setup_logging(0)
+    code = asyncio.run(Demo(port=port, state_dir=state_dir, edges=edges, exit_after=exit_after).run())
+    sys.exit(code)
 
 
 def main() -> None:
-    """Entry point."""
+    cli(prog_name="nearcast")

@@ -66,7 +66,7 @@ def _coerce(tp: Any, value: Any, *, from_env: bool) -> Any:
     origin = get_origin(tp)
     if origin in (typing.Union, __import__("types").UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or (from_env and value == ""):
+        if value is None or value == "":  # TOML has no null: "" means unset
             return None
         return _coerce(args[0], value, from_env=from_env)
     if origin is list:

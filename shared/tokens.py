@@ -70,8 +70,9 @@ class TokenKeys:
         return cls({kid: secrets.token_bytes(32)}, kid)
 
     def rotated(self, new_kid: str, *, keep: int = 2) -> TokenKeys:
-        """A new current key; keeps the ``keep`` - 1 most recent old keys for verification."""
-        old = [k for k in self.keys if k != new_kid][-(keep - 1):] if keep > 1 else []
+        """A new current key; keeps the previous current key (and older ones, up to ``keep`` in all)."""
+        order = [k for k in self.keys if k not in (self.current, new_kid)] + [self.current]
+        old = order[-(keep - 1):] if keep > 1 else []
         keys = {k: self.keys[k] for k in old}
         keys[new_kid] = secrets.token_bytes(32)
         return TokenKeys(keys, new_kid)

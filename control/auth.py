@@ -1,0 +1,111 @@
+"""Operator tokens: stored as SHA-256 hashes with a role; checked by one middleware.
+
+Roles: ``read`` may call every GET under ``/v1/``; ``admin`` may also write.  Tokens are random
+(256 bits), so a plain SHA-256 is the right storage (no password-style stretching is needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from shared.errors import ConfigError, Forbidden, Unauthorized
+
+Role = Literal["read", "admin"]
+ROLES: tuple[Role, ...] = ("read", "admin")
+TOKEN_PREFIX = "nct_"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    name: str
+    sha256: str
+    role: Role
+
+
+class TokenStore:
+    def __init__(self, entries: list[TokenEntry]) -> None:
+        self._by_hash = {e.sha256: e for e in entries}
+
+    @classmethod
+    def load(cls, path: Path) -> TokenStore:
+        if not path.exists():
+            return cls([])
+        try:
+            doc = json.loads(path.read_text())
+            entries = []
+            for item in doc["tokens"]:
+                role = item["role"]
+                if role not in ROLES:
+                    raise ValueError(f"unknown role {role!r}")
+                entries.append(TokenEntry(str(item["name"]), str(item["sha256"]), role))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a valid operator token file: {exc}") from None
+        return cls(entries)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"tokens": [{"name": e.name, "sha256": e.sha256, "role": e.role} for e in self._by_hash.values()]}
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2)
+        tmp.replace(path)
+
+    def add(self, name: str, role: Role) -> str:
+        """Create a token; only its hash is kept. Returns the token (shown once)."""
+        token = new_token()
+        self._by_hash[token_hash(token)] = TokenEntry(name, token_hash(token), role)
+        return token
+
+    def check(self, token: str) -> TokenEntry | None:
+        digest = token_hash(token)
+        for known, entry in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return entry
+        return None
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(store: Callable[[], TokenStore], public: Callable[[web.Request], bool]) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if public(request):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("missing operator token (Authorization: Bearer ...)")
+        entry = store().check(token.strip())
+        if entry is None:
+            raise Unauthorized("invalid operator token")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and entry.role != "admin":
+            raise Forbidden(f"token {entry.name!r} is read-only")
+        request["operator"] = entry
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,151 @@
+"""The appliance's agent: its MQTT presence, commands, desired state and telemetry.
+
+Commands are idempotent by envelope id (a redelivered command is acked again, not re-run).
+Desired state is retained on the broker, so a restarted or reconnected appliance always receives the
+latest generation; older generations are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shared import topics
+from shared.envelope import Envelope
+from shared.errors import InvalidInput
+from shared.messages import (
+    REGISTRY,
+    Ack,
+    ApplianceStatus,
+    DesiredConfig,
+    DesiredFill,
+    DesiredModel,
+    Ping,
+    SetDraining,
+    Telemetry,
+)
+from shared.mqtt import Announcement, MqttSession
+
+from .config import EdgeConfig
+from .metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = "nearcast-edge/0.1"
+_SEEN_COMMANDS = 1024
+
+DesiredHandler = Callable[[Envelope[Any]], Awaitable[None]]
+
+
+class EdgeAgent:
+    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics, public_url: str) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.appliance_id = config.appliance.id
+        self.public_url = public_url
+        self.started_at = time.time()
+        self.draining = False
+        self.desired: dict[str, Envelope[Any]] = {}
+        self._seen: OrderedDict[str, Ack] = OrderedDict()
+        self._telemetry_seq = 0
+        self.desired_handlers: dict[str, DesiredHandler] = {}
+        aid = self.appliance_id
+        self.session = MqttSession(
+            config.mqtt, client_id=aid, registry=REGISTRY, metrics=metrics.mqtt,
+            birth=Announcement(topics.appliance_status(aid), self.status("online")),
+            will=Announcement(topics.appliance_status(aid), self.status("offline")),
+            ack_topic=topics.appliance_acks(aid),
+        )
+        self.session.subscribe(topics.appliance_commands(aid), self._on_command)
+        self.session.subscribe(f"{topics.ROOT}/appliances/{aid}/desired/+", self._on_desired)
+
+    def status(self, state: Any, reason: str = "") -> ApplianceStatus:
+        return ApplianceStatus(state=state, software=SOFTWARE, started_at=self.started_at,
+                               http_url=self.public_url, reason=reason)
+
+    async def start(self) -> None:
+        await self.session.start()
+
+    async def stop(self) -> None:
+        await self.session.stop()
+
+    # -- commands ----------------------------------------------------------------------------------
+    async def _on_command(self, env: Envelope[Any], topic: str) -> None:
+        if env.sender != topics.CONTROL_ID:
+            raise InvalidInput(f"commands are accepted only from the control plane, not {env.sender!r}")
+        previous = self._seen.get(env.id)
+        if previous is not None:
+            await self._publish_ack(previous)  # redelivery: same answer, no second effect
+            self.metrics.commands.labels(env.type, "duplicate").inc()
+            return
+        body = env.body
+        if isinstance(body, Ping):
+            ack = Ack(env.id, env.type, "done", detail={"note": body.note})
+        elif isinstance(body, SetDraining):
+            await self.set_draining(body.draining)
+            ack = Ack(env.id, env.type, "done", detail={"draining": self.draining})
+        else:
+            raise InvalidInput(f"{env.type} is not a command this appliance runs")
+        self._remember(env.id, ack)
+        self.metrics.commands.labels(env.type, "done").inc()
+        await self._publish_ack(ack)
+
+    def _remember(self, msg_id: str, ack: Ack) -> None:
+        self._seen[msg_id] = ack
+        while len(self._seen) > _SEEN_COMMANDS:
+            self._seen.popitem(last=False)
+
+    async def _publish_ack(self, ack: Ack) -> None:
+        await self.session.publish(topics.appliance_acks(self.appliance_id), ack)
+
+    async def set_draining(self, draining: bool) -> None:
+        """Draining keeps serving existing sessions but asks the control plane to steer new ones elsewhere."""
+        self.draining = draining
+        self.metrics.draining.set(1 if draining else 0)
+        state = "draining" if draining else "online"
+        await self.session.publish(topics.appliance_status(self.appliance_id), self.status(state), retain=True)
+
+    # -- desired state -----------------------------------------------------------------------------
+    async def _on_desired(self, env: Envelope[Any], topic: str) -> None:
+        parsed = topics.parse(topic)
+        kind = parsed.kind or ""
+        expected = {"fill": DesiredFill, "model": DesiredModel, "config": DesiredConfig}[kind]
+        body = env.body
+        if not isinstance(body, DesiredFill | DesiredModel | DesiredConfig) or type(body) is not expected:
+            raise InvalidInput(f"{env.type} does not belong on desired/{kind}")
+        if env.sender != topics.CONTROL_ID:
+            raise InvalidInput(f"desired state is accepted only from the control plane, not {env.sender!r}")
+        current = self.desired.get(kind)
+        if current is not None and current.body.generation >= body.generation:
+            log.info("ignoring desired/%s generation %d (have %d)", kind, body.generation,
+                     current.body.generation)
+            return
+        handler = self.desired_handlers.get(kind)
+        if handler is not None:
+            await handler(env)
+        self.desired[kind] = env
+        await self._publish_ack(Ack(env.id, env.type, "accepted", detail={"generation": body.generation}))
+
+    # -- telemetry ---------------------------------------------------------------------------------
+    def telemetry_sample(self) -> Telemetry:
+        self._telemetry_seq += 1
+        return Telemetry(seq=self._telemetry_seq, interval_s=self.config.telemetry.interval_s,
+                         counters={}, gauges={"draining": 1.0 if self.draining else 0.0,
+                                              "uptime_s": time.time() - self.started_at})
+
+    async def telemetry_loop(self) -> None:
+        interval = self.config.telemetry.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not self.session.connected.is_set():
+                continue
+            try:
+                await self.session.publish(topics.appliance_telemetry(self.appliance_id),
+                                           self.telemetry_sample(), timeout=0)
+                self.metrics.telemetry_sent.inc()
+            except Exception as exc:
+                log.warning("telemetry not sent: %s", exc)

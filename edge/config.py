@@ -1,0 +1,70 @@
+"""The edge appliance's settings (``nearcast edge serve --config edge.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import non_negative, port_check, positive, section, setting
+from shared.mqtt import MqttSettings
+
+ENV_PREFIX = "NEARCAST_EDGE_"
+
+
+def _id_check(value: str) -> str | None:
+    from shared.ids import is_valid_id
+
+    return None if is_valid_id(value) else "must be 1-64 of [A-Za-z0-9._-]"
+
+
+@dataclass(frozen=True)
+class ApplianceSettings:
+    id: str = setting("edge-1", "This appliance's id; also its MQTT user name.", check=_id_check)
+    site: str = setting("site-1", "Site (point of presence) the appliance is racked in.", check=_id_check)
+    isp: str = setting("", "Name of the ISP hosting the appliance.")
+    asn: int = setting(0, "Autonomous system number of the hosting ISP (0 if unknown).", check=non_negative)
+    prefixes: list[str] = setting([], "Client prefixes this appliance serves (CIDR, IPv4 or IPv6), as announced.")
+    latitude: float = setting(0.0, "Location for steering by distance (degrees).")
+    longitude: float = setting(0.0, "Location for steering by distance (degrees).")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8080, "Port to listen on (0 picks a free one).", check=port_check)
+    public_url: str = setting("", "Base URL clients use to reach this appliance; derived from host:port if empty.")
+    shutdown_timeout_s: float = setting(10.0, "On SIGTERM, how long in-flight responses may take to finish.",
+                                        check=non_negative)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    dir: Path = setting(Path("/var/cache/nearcast"), "Where cached file sets live.")
+    capacity_bytes: int = setting(100 * 1024**3, "Disk budget for cached content.", check=positive)
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    token_keys_file: Path | None = setting(None, "JSON file of URL-token HMAC keys (from enrollment).")
+    token_leeway_s: float = setting(30.0, "Clock skew tolerated when checking token expiry.", check=non_negative)
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    interval_s: float = setting(10.0, "Seconds between telemetry messages to the control plane.", check=positive)
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    api_url: str = setting("http://127.0.0.1:8700", "Control plane API base URL.")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    appliance: ApplianceSettings = section(ApplianceSettings, "Identity and network position.")
+    http: HttpSettings = section(HttpSettings, "The HTTP server clients and the control plane talk to.")
+    cache: CacheSettings = section(CacheSettings, "The on-disk segment cache.")
+    mqtt: MqttSettings = section(MqttSettings, "Connection to the MQTT broker.")
+    security: SecuritySettings = section(SecuritySettings, "URL tokens and artifact verification.")
+    telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry sent over MQTT.")
+    control: ControlSettings = section(ControlSettings, "Where the control plane is.")

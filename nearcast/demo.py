@@ -1,0 +1,203 @@
+"""``nearcast demo``: a whole nearcast on one machine.
+
+An embedded MQTT broker (in this process), the control plane and N edge appliances as real child
+processes, each with its own config file in the state directory, each in its own "ISP" (loopback
+prefixes 127.0.N.0/24).  Prints the URLs and the operator ``export`` lines, stays up until Ctrl-C,
+then stops every child and exits 0.  A second run with the same ``--state-dir`` reuses keys, tokens
+and data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from control.auth import TokenStore
+from shared.broker import EmbeddedBroker, free_port
+from shared.tasks import TaskGroup
+from shared.tokens import TokenKeys
+
+HEALTH_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    url: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _toml_str(value: object) -> str:
+    return json.dumps(str(value))
+
+
+class Demo:
+    def __init__(self, *, port: int, state_dir: Path | None, edges: int, exit_after: float | None = None) -> None:
+        self.port = port
+        self.temporary = state_dir is None
+        self.state = Path(tempfile.mkdtemp(prefix="nearcast-demo-")) if state_dir is None else state_dir
+        self.edges = edges
+        self.exit_after = exit_after
+        self.children: list[Child] = []
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _prepare_state(self, broker_port: int) -> tuple[str, list[tuple[str, Path, str]]]:
+        st = self.state
+        st.mkdir(parents=True, exist_ok=True)
+        (st / "logs").mkdir(exist_ok=True)
+        keys_path = st / "token-keys.json"
+        if not keys_path.exists():
+            TokenKeys.generate().save(keys_path)
+        token_file = st / "demo-operator-token"
+        tokens_path = st / "control" / "operator-tokens.json"
+        if token_file.exists() and tokens_path.exists():
+            admin = token_file.read_text().strip()
+        else:
+            store = TokenStore([])
+            admin = store.add("demo-admin", "admin")
+            store.save(tokens_path)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(admin + "\n")
+        mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
+        control_cfg = st / "control.toml"
+        control_cfg.write_text(
+            f"[http]\nhost = \"127.0.0.1\"\nport = {self.port}\n\n"
+            f"[state]\ndir = {_toml_str(st / 'control')}\n\n"
+            f"[auth]\ntokens_file = {_toml_str(tokens_path)}\n\n"
+            f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{mqtt}")
+        edges = []
+        for i in range(1, self.edges + 1):
+            name = f"edge-{chr(ord('a') + i - 1)}"
+            port = free_port()
+            cfg = st / f"{name}.toml"
+            cfg.write_text(
+                f"[appliance]\nid = \"{name}\"\nsite = \"site-{i}\"\nisp = \"ISP {i}\"\nasn = {64500 + i}\n"
+                f"prefixes = [\"127.0.{i}.0/24\"]\n\n"
+                f"[http]\nhost = \"127.0.0.1\"\nport = {port}\n\n"
+                f"[cache]\ndir = {_toml_str(st / name / 'cache')}\ncapacity_bytes = {2 * 1024**3}\n\n"
+                f"[security]\ntoken_keys_file = {_toml_str(keys_path)}\n\n"
+                f"[telemetry]\ninterval_s = 5.0\n\n"
+                f"[control]\napi_url = \"http://127.0.0.1:{self.port}\"\n\n{mqtt}")
+            edges.append((name, cfg, f"http://127.0.0.1:{port}"))
+        return admin, edges
+
+    # -- processes -----------------------------------------------------------------------------------
+    async def _spawn(self, name: str, args: list[str], url: str) -> Child:
+        log_path = self.state / "logs" / f"{name}.log"
+        fh = open(log_path, "ab")  # noqa: SIM115, ASYNC230 - a local log file, handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "nearcast", *args, stdout=fh, stderr=fh, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
+        finally:
+            fh.close()
+        child = Child(name, url, proc, log_path)
+        self.children.append(child)
+        return child
+
+    async def _wait_healthy(self, child: Child, deadline: float) -> None:
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if child.proc.returncode is not None:
+                    raise RuntimeError(f"{child.name} exited with status {child.proc.returncode}; "
+                                       f"see {child.log_path}")
+                try:
+                    async with http.get(f"{child.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{child.name} did not become healthy within {HEALTH_TIMEOUT_S:.0f}s; "
+                           f"see {child.log_path}")
+
+    async def _stop_children(self) -> None:
+        for child in self.children:
+            if child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                await asyncio.wait_for(child.proc.wait(), 20)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                await child.proc.wait()
+
+    # -- main ----------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        broker = EmbeddedBroker()
+        code = 0
+        try:
+            _say(f"nearcast demo: state in {self.state}")
+            await broker.start()
+            _say(f"[1/3] MQTT broker (embedded) on {broker.url}")
+            admin, edges = self._prepare_state(broker.port)
+            api = f"http://127.0.0.1:{self.port}"
+            deadline = time.monotonic() + HEALTH_TIMEOUT_S
+            control = await self._spawn("control", ["control", "serve", "--config", str(self.state / "control.toml")],
+                                        api)
+            await self._wait_healthy(control, deadline)
+            _say(f"[2/3] control plane on {api}")
+            started = [await self._spawn(name, ["edge", "serve", "--config", str(cfg)], url)
+                       for name, cfg, url in edges]
+            for child in started:
+                await self._wait_healthy(child, deadline)
+            _say(f"[3/3] {len(started)} edge appliances up")
+            _say("")
+            _say(f"control API     {api}/v1/appliances   (health {api}/healthz, metrics {api}/metrics)")
+            for i, child in enumerate(started, start=1):
+                _say(f"{child.name:<15} {child.url}   ISP {i} (clients 127.0.{i}.0/24); "
+                     f"metrics {child.url}/metrics")
+            _say("")
+            _say("Operator access (paste into another terminal):")
+            _say(f"  export NEARCAST_API={api}")
+            _say(f"  export NEARCAST_TOKEN={admin}")
+            _say("")
+            _say("Press Ctrl-C to stop.")
+            waiters = TaskGroup("demo-wait")
+            waiters.spawn(stop.wait(), name="ctrl-c")
+            for c in self.children:
+                waiters.spawn(c.proc.wait(), name=f"exit:{c.name}")
+            if self.exit_after is not None:
+                waiters.spawn(asyncio.sleep(self.exit_after), name="exit-after")
+            await asyncio.wait(list(waiters), return_when=asyncio.FIRST_COMPLETED)
+            await waiters.aclose()
+            for child in self.children:
+                if child.proc.returncode is not None:
+                    _say(f"{child.name} exited unexpectedly (status {child.proc.returncode}); see {child.log_path}")
+                    code = 1
+        except RuntimeError as exc:
+            _say(f"nearcast demo: {exc}")
+            code = 1
+        finally:
+            _say("stopping...")
+            await self._stop_children()
+            await broker.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if self.temporary and code == 0:
+                shutil.rmtree(self.state, ignore_errors=True)
+        _say("stopped.")
+        return code

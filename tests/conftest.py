@@ -1,0 +1,90 @@
+"""Fixtures shared by the whole suite: real brokers and free ports, nothing mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Mosquitto:
+    """A private mosquitto on a free port, with its own config; stoppable and restartable."""
+
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
+        if MOSQUITTO is None:
+            pytest.skip("mosquitto is not installed (run scripts/setup-system.sh)")
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.extra_config = extra_config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "persistence false\n"
+            f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            + (self.extra_config or "allow_anonymous true\n"))
+
+    def start(self) -> None:
+        self.write_config()
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def system_mosquitto_port() -> int:
+    """The machine's own Mosquitto on 127.0.0.1:1883 (started by the machine, or by .ci/run)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 1883), timeout=1):
+            return 1883
+    except OSError:
+        pytest.fail("no MQTT broker on 127.0.0.1:1883: start one with 'mosquitto -d' (make test does)")

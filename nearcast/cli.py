@@ -7,28 +7,19 @@ method and prints.  Every failure is one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from control.cli import OPERATOR_GROUPS
+from control.cli import control as control_group
+from edge.cli import edge as edge_group
 from shared.errors import NearcastError
+from shared.logs import setup_logging
 
 from . import __version__
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def _run(coro: Any) -> None:
-    try:
-        asyncio.run(coro)
-    except NearcastError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,51 +28,10 @@ def cli() -> None:
     """nearcast: video delivery from caches inside ISP networks, and the recommender that fills them."""
 
 
-# -- daemons ------------------------------------------------------------------------------------------
-@cli.group()
-def edge() -> None:
-    """The edge appliance daemon."""
-
-
-@edge.command("serve")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="The appliance's TOML config file.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def edge_serve(config_path: Path, verbose: int) -> None:
-    """Run the edge daemon until SIGTERM or SIGINT."""
-    from edge.config import ENV_PREFIX, EdgeConfig
-    from edge.daemon import run
-    from shared import config as cfg
-
-    _setup_logging(max(verbose, 1))
-    try:
-        conf = cfg.load(EdgeConfig, config_path, env_prefix=ENV_PREFIX)
-    except NearcastError as exc:
-        raise click.ClickException(str(exc)) from None
-    _run(run(conf))
-
-
-@cli.group()
-def control() -> None:
-    """The central control plane daemon."""
-
-
-@control.command("serve")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="The control plane's TOML config file.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def control_serve(config_path: Path, verbose: int) -> None:
-    """Run the control plane until SIGTERM or SIGINT."""
-    from control.config import ENV_PREFIX, ControlConfig
-    from control.daemon import run
-    from shared import config as cfg
-
-    _setup_logging(max(verbose, 1))
-    try:
-        conf = cfg.load(ControlConfig, config_path, env_prefix=ENV_PREFIX)
-    except NearcastError as exc:
-        raise click.ClickException(str(exc)) from None
-    _run(run(conf))
+cli.add_command(edge_group)
+cli.add_command(control_group)
+for _group in OPERATOR_GROUPS:
+    cli.add_command(_group)
 
 
 # -- config docs --------------------------------------------------------------------------------------
@@ -148,7 +98,7 @@ def demo(port: int, state_dir: Path | None, edges: int, exit_after: float | None
     """Run a whole nearcast on this machine: broker, control plane and edge appliances."""
     from .demo import Demo
 
-    _setup_logging(0)
+    setup_logging(0)
     code = asyncio.run(Demo(port=port, state_dir=state_dir, edges=edges, exit_after=exit_after).run())
     sys.exit(code)
 

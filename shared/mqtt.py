@@ -156,7 +156,8 @@ class MqttSession:
         """
         wait = self.settings.publish_timeout_s if timeout is None else timeout
         try:
-            await asyncio.wait_for(self.connected.wait(), wait)
+            if not self.connected.is_set():
+                await asyncio.wait_for(self.connected.wait(), wait)
         except TimeoutError:
             raise NotConnected(f"not connected to the MQTT broker at {self.settings.host}:"
                                f"{self.settings.port}") from None

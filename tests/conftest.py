@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,63 @@ def system_mosquitto_port() -> int:
             return 1883
     except OSError:
         pytest.fail("no MQTT broker on 127.0.0.1:1883: start one with 'mosquitto -d' (make test does)")
+
+
+class Daemon:
+    """A nearcast daemon as a real child process (``python -m nearcast ...``)."""
+
+    def __init__(self, args: list[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
+        import sys
+
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "nearcast", *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"{url} not healthy in time:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Any]:
+    started: list[Daemon] = []
+
+    def start(args: list[str], name: str, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(args, tmp_path, name, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop(9)
+
+
+@pytest.fixture
+def port_factory() -> Any:
+    return free_port

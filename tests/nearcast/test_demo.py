@@ -1,0 +1,95 @@
+"""`nearcast demo` end to end as a user runs it: URLs within 60 s, healthy daemons, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"demo exited early ({proc.poll()}):\n{''.join(lines)}")
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"no {needle!r} within {timeout}s:\n{''.join(lines)}")
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory: Any) -> None:
+    port = port_factory()
+    state = tmp_path / "state"
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "nearcast", "demo", "--port", str(port), "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = _read_until(proc, "Press Ctrl-C", 60)
+        assert time.monotonic() - started < 60
+        text = "".join(lines)
+        api = re.search(r"export NEARCAST_API=(\S+)", text).group(1)  # type: ignore[union-attr]
+        token = re.search(r"export NEARCAST_TOKEN=(\S+)", text).group(1)  # type: ignore[union-attr]
+        edge_urls = re.findall(r"^edge-\w\s+(http://\S+)", text, re.M)
+        assert len(edge_urls) == 2
+        for url in [api, *edge_urls]:
+            assert _get_json(f"{url}/healthz")["status"] == "ok"
+        # The operator token works against the API, and the control plane sees both edges.
+        deadline = time.monotonic() + 15
+        while True:
+            apps = _get_json(f"{api}/v1/appliances", token)["appliances"]
+            if sorted(a["state"] for a in apps) == ["online", "online"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(a["id"] for a in apps) == ["edge-a", "edge-b"]
+        assert all(a["state"] == "online" for a in apps)
+        # The operator CLI works with the printed export lines.
+        env = {**os.environ, "NEARCAST_API": api, "NEARCAST_TOKEN": token}
+        res = subprocess.run([sys.executable, "-m", "nearcast", "appliance", "ls", "--json"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert {a["id"] for a in json.loads(res.stdout)["appliances"]} == {"edge-a", "edge-b"}
+        children = _children_of(proc.pid)
+        assert len(children) == 3
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(30) == 0
+        time.sleep(0.2)
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], \
+                f"child {pid} left behind"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+    # A second run reuses the state directory: same operator token.
+    proc = subprocess.Popen([sys.executable, "-m", "nearcast", "demo", "--port", str(port), "--state-dir", str(state),
+                             "--exit-after", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert f"export NEARCAST_TOKEN={token}" in out

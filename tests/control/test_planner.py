@@ -156,7 +156,7 @@ def fleets(draw: st.DrawFn) -> tuple[list[ApplianceSpec], list[TitleSpec], dict[
     titles = [TitleSpec(f"t{i}", "v1", draw(st.integers(1, 900))) for i in range(draw(st.integers(1, 40)))]
     demand = {r: {t.title_id: draw(st.floats(0, 1000)) for t in titles} for r in ("r1", "r2")}
     cfg = PlannerConfig(min_copies=draw(st.integers(1, 3)), extra_copy_weight=draw(st.sampled_from([0.0, 0.25, 1.0])),
-                        hysteresis=0.0, reserve_fraction=draw(st.sampled_from([0.0, 0.05])))
+                        hysteresis=0.1, reserve_fraction=draw(st.sampled_from([0.0, 0.05])))
     return appliances, titles, demand, cfg
 
 
@@ -219,7 +219,8 @@ def test_large_demand_changes_do_move_content() -> None:
         (lambda: PlannerConfig(hysteresis=float("nan")), "hysteresis"),
         (lambda: PlannerConfig(reserve_fraction=1.0), "reserve_fraction"),
         (lambda: plan_fill([ApplianceSpec("a", "s", "r", 1)] * 2, [], {}, {}), "twice"),
-        (lambda: plan_fill([ApplianceSpec("a", "s", "r1", 1), ApplianceSpec("b", "s", "r2", 1)], [], {}, {}), "two regions"),
+        (lambda: plan_fill([ApplianceSpec("a", "s", "r1", 1), ApplianceSpec("b", "s", "r2", 1)], [], {}, {}),
+         "two regions"),
         (lambda: plan_fill([], [TitleSpec("t", "v", 1)] * 2, {}, {}), "twice"),
         (lambda: plan_fill([], [], {"r": {"t": -1.0}}, {}), "forecast"),
         (lambda: plan_fill([], [], {"r": {"t": float("inf")}}, {}), "forecast"),

@@ -6,6 +6,10 @@ set -euo pipefail
 # command -> Debian package
 declare -A PKG=(
   [mosquitto]=mosquitto
+  [ffmpeg]=ffmpeg
+  [ffprobe]=ffmpeg
+  [nginx]=nginx
+  [wrk]=wrk
 )
 
 missing=()
@@ -19,7 +23,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # shellcheck disable=SC2046
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  # Debian starts nginx on install; the benchmarks run their own on a free port.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+  pkill -x nginx 2>/dev/null || true
 else
   echo "setup: missing system packages; install them with: sudo apt-get install ${missing[*]}" >&2
   exit 1

@@ -47,7 +47,7 @@ def test_operator_api_requires_a_token_with_the_right_role(control: Any) -> None
     assert _request(f"{url}/v1/appliances")[0] == 401
     assert _request(f"{url}/v1/appliances", "nct_wrong")[0] == 401
     status, body = _request(f"{url}/v1/appliances", reader)
-    assert status == 200 and body == {"appliances": []} or "appliances" in body
+    assert (status == 200 and body == {"appliances": []}) or "appliances" in body
     assert _request(f"{url}/v1/appliances/x/drain", reader, "POST")[0] == 403
     status, body = _request(f"{url}/v1/appliances/nope/drain", admin, "POST")
     assert status == 404 and "nope" in body["error"]

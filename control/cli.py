@@ -97,7 +97,7 @@ def appliance_ls(api: str, as_json: bool) -> None:
 def appliance_show(appliance_id: str, api: str, as_json: bool) -> None:
     """Show one appliance."""
     data = _call(_client(api).get, f"/v1/appliances/{appliance_id}")
-    _emit(data, as_json, lambda d: [click.echo(f"{k}: {v}") for k, v in d.items()])
+    _emit(data, as_json, lambda d: click.echo("\n".join(f"{k}: {v}" for k, v in d.items())))
 
 
 @appliance.command("drain")

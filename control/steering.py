@@ -190,13 +190,15 @@ class SteeringIndex:
         site_codes: dict[str, int] = {}
         self._site = np.array([site_codes.setdefault(v.site, len(site_codes)) for v in self.views], dtype=np.int64)
         self._site_codes = site_codes
-        self._asn = np.array([v.asn for v in self.views], dtype=np.int64)
+        asn_codes: dict[int, int] = {0: 0}
+        self._asn_code = np.array([asn_codes.setdefault(v.asn, len(asn_codes)) for v in self.views], dtype=np.int64)
+        self._asn_count = len(asn_codes)
+        self._asn_zero = 0
         self._lat = np.radians(np.array([v.location.lat if v.location else np.nan for v in self.views], dtype=float))
         self._lon = np.radians(np.array([v.location.lon if v.location else np.nan for v in self.views], dtype=float))
-        self._online = np.array([v.online for v in self.views], dtype=bool)
-        self._draining = np.array([v.draining for v in self.views], dtype=bool)
+        self._cos_lat = np.cos(self._lat)
         self._load_ratio = np.array([v.load / v.load_threshold for v in self.views], dtype=float)
-        self._healthy = self._online & ~self._draining & (self._load_ratio < 1.0)
+        self._healthy = np.array([_static_drop(v) is None for v in self.views], dtype=bool)
         order = sorted(range(n), key=lambda i: self.views[i].appliance_id)
         self._id_rank = np.empty(n, dtype=np.int64)
         self._id_rank[order] = np.arange(n)
@@ -205,6 +207,7 @@ class SteeringIndex:
             for title in view.titles:
                 holders.setdefault(title, []).append(i)
         self._holders = {t: np.array(ix, dtype=np.int64) for t, ix in holders.items()}
+        self._static_drop = [_static_drop(v) for v in self.views]
 
     def updated(self, appliances: Sequence[ApplianceView]) -> SteeringIndex:
         """A new snapshot; the prefix table is reused when nobody's announcements changed."""
@@ -227,11 +230,12 @@ class SteeringIndex:
                 return site_location, "prefix_site"
         return None, "none"
 
-    def _distances(self, where: GeoPoint | None) -> npt.NDArray[np.float64]:
+    def _distances(self, where: GeoPoint | None, ix: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         if where is None:
-            return np.full(len(self.views), np.inf)
+            return np.full(len(ix), np.inf)
         lat, lon = math.radians(where.lat), math.radians(where.lon)
-        h = np.sin((self._lat - lat) / 2) ** 2 + math.cos(lat) * np.cos(self._lat) * np.sin((self._lon - lon) / 2) ** 2
+        lats, lons = self._lat[ix], self._lon[ix]
+        h = np.sin((lats - lat) / 2) ** 2 + math.cos(lat) * self._cos_lat[ix] * np.sin((lons - lon) / 2) ** 2
         d: npt.NDArray[np.float64] = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, h)))
         return np.where(np.isnan(d), np.inf, d)
 
@@ -245,42 +249,46 @@ class SteeringIndex:
         match = self.prefixes.lookup(ip)
         owners: tuple[int, ...] = match.values if match else ()
         where, source = self._client_location(ip, owners, client_location, locator)
-        n = len(self.views)
-        tier = np.full(n, 3, dtype=np.int64)
-        if owners:
-            owner_ix = np.array(owners, dtype=np.int64)
-            tier[np.isin(self._site, self._site[owner_ix])] = 2
-            asns = self._asn[owner_ix]
-            asns = asns[asns != 0]  # ASN 0 means "unknown", never "the same network"
-            if asns.size:
-                tier[np.isin(self._asn, asns)] = 1
-            tier[owner_ix] = 0
-        distance = self._distances(where)
-        holds = np.zeros(n, dtype=bool)
+        # Only healthy holders are ranked, so the per-request work scales with them, not the fleet.
         held_by = self._holders.get(title_id)
-        if held_by is not None:
-            holds[held_by] = True
-        eligible = np.flatnonzero(self._healthy & holds)
-        order = eligible[np.lexsort((self._id_rank[eligible], self._load_ratio[eligible],
-                                     distance[eligible], tier[eligible]))]
+        if held_by is None:
+            held_by = np.zeros(0, dtype=np.int64)
+        candidates = held_by[self._healthy[held_by]]
+        tier = np.full(len(candidates), 3, dtype=np.int64)
+        if owners and len(candidates):
+            # Boolean lookup tables indexed by code are much cheaper than np.isin per request.
+            owner_ix = np.array(owners, dtype=np.int64)
+            site_hit = np.zeros(len(self._site_codes), dtype=bool)
+            site_hit[self._site[owner_ix]] = True
+            tier[site_hit[self._site[candidates]]] = 2
+            asn_hit = np.zeros(self._asn_count, dtype=bool)
+            asn_hit[self._asn_code[owner_ix]] = True
+            asn_hit[self._asn_zero] = False  # ASN 0 means "unknown", never "the same network"
+            tier[asn_hit[self._asn_code[candidates]]] = 1
+            owner_hit = np.zeros(len(self.views), dtype=bool)
+            owner_hit[owner_ix] = True
+            tier[owner_hit[candidates]] = 0
+        distance = self._distances(where, candidates)
+        order = np.lexsort((self._id_rank[candidates], self._load_ratio[candidates], distance, tier))
         prefix = match_text(match)
-        ranked = tuple(self._kept(int(i), r + 1, tier, distance, prefix) for r, i in enumerate(order[:count]))
+        ranked = tuple(self._kept(int(candidates[j]), r + 1, _TIER_REASONS[tier[j]], float(distance[j]), prefix)
+                       for r, j in enumerate(order[:count].tolist()))
         dropped: tuple[Verdict, ...] = ()
         if explain:
-            surplus = [Verdict(self.views[i].appliance_id, False, Reason.BEYOND_COUNT,
-                               f"eligible ({_TIER_REASONS[tier[i]].value}, rank {r + 1}) but only {count} answers "
-                               "were asked for", None, _km(distance[i]))
-                       for r, i in enumerate(order.tolist()) if r >= count]
-            chosen = set(order.tolist())
-            others = [self._dropped(i, title_id, holds, distance) for i in range(n) if i not in chosen]
+            surplus = [Verdict(self.views[candidates[j]].appliance_id, False, Reason.BEYOND_COUNT,
+                               f"eligible ({_TIER_REASONS[tier[j]].value}, rank {r + count + 1}) but only {count} "
+                               "answers were asked for", None, _km(distance[j]))
+                       for r, j in enumerate(order[count:].tolist())]
+            eligible = set(candidates.tolist())
+            no_copy = f"holds no complete copy of {title_id}"
+            others = [self._static_drop[i] or Verdict(v.appliance_id, False, Reason.NO_COPY, no_copy)
+                      for i, v in enumerate(self.views) if i not in eligible]
             dropped = (*surplus, *others)
-        return SteeringDecision(str(ip), title_id, match_text(match), where, source, ranked, dropped)
+        return SteeringDecision(str(ip), title_id, prefix, where, source, ranked, dropped)
 
-    def _kept(self, i: int, rank: int, tier: npt.NDArray[np.int64], distance: npt.NDArray[np.float64],
-              prefix: str | None) -> Verdict:
+    def _kept(self, i: int, rank: int, reason: Reason, distance: float, prefix: str | None) -> Verdict:
         view = self.views[i]
-        reason = _TIER_REASONS[tier[i]]
-        km = _km(distance[i])
+        km = _km(distance)
         far = f"{km:.0f} km away" if km is not None else "distance unknown"
         detail = {
             Reason.EMBEDDED_PREFIX: f"announces {prefix}, the client's most specific prefix; {far}",
@@ -291,20 +299,17 @@ class SteeringIndex:
         load = f"load {self._load_ratio[i]:.0%} of threshold"
         return Verdict(view.appliance_id, True, reason, f"{detail}; {load}", rank, km)
 
-    def _dropped(self, i: int, title_id: str, holds: npt.NDArray[np.bool_],
-                 distance: npt.NDArray[np.float64]) -> Verdict:
-        view = self.views[i]
-        km = _km(distance[i])
-        if not view.online:
-            return Verdict(view.appliance_id, False, Reason.OFFLINE, "offline (status, last will or TTL)", None, km)
-        if view.draining:
-            return Verdict(view.appliance_id, False, Reason.DRAINING, "draining on operator request", None, km)
-        if self._load_ratio[i] >= 1.0:
-            return Verdict(view.appliance_id, False, Reason.OVERLOADED,
-                           f"load {view.load:g} at or above its threshold {view.load_threshold:g}", None, km)
-        if not holds[i]:
-            return Verdict(view.appliance_id, False, Reason.NO_COPY, f"holds no complete copy of {title_id}", None, km)
-        raise AssertionError(f"appliance {view.appliance_id} is eligible but was not ranked")  # pragma: no cover
+
+def _static_drop(view: ApplianceView) -> Verdict | None:
+    """The request-independent reason an appliance is out, worked out once per snapshot."""
+    if not view.online:
+        return Verdict(view.appliance_id, False, Reason.OFFLINE, "offline (status, last will or TTL)")
+    if view.draining:
+        return Verdict(view.appliance_id, False, Reason.DRAINING, "draining on operator request")
+    if view.load >= view.load_threshold:
+        return Verdict(view.appliance_id, False, Reason.OVERLOADED,
+                       f"load {view.load:g} at or above its threshold {view.load_threshold:g}")
+    return None
 
 
 def match_text(match: object) -> str | None:

@@ -30,6 +30,7 @@ def build_fleet(rng: random.Random, n_appliances: int, n_prefixes: int, n_titles
     for i in range(n_appliances):
         prefixes: list[str] = []
         while len(prefixes) < per:
+            net: ipaddress.IPv4Network | ipaddress.IPv6Network
             if rng.random() < 0.7:
                 length = rng.choice([16, 18, 20, 22, 23, 24, 24, 24])
                 net = ipaddress.IPv4Network((rng.getrandbits(32) >> (32 - length) << (32 - length), length))
@@ -151,8 +152,8 @@ def main() -> None:
     t0 = time.perf_counter()
     ref_answers = [reference.steer(ip, title) for ip, title in zip(sample, titles[: len(sample)], strict=True)]
     ref_steer_s = (time.perf_counter() - t0) / len(sample)
-    for ip, title, want in zip(sample, titles[: len(sample)], ref_answers, strict=True):
-        assert index.steer(ip, title, explain=False).appliance_ids == want, (ip, title)
+    for ip, title, ranked in zip(sample, titles[: len(sample)], ref_answers, strict=True):
+        assert index.steer(ip, title, explain=False).appliance_ids == ranked, (ip, title)
     print(f"steer (top 3): {1 / fast_s:,.0f} decisions/s, p50 {statistics.median(latencies):,.0f} us, "
           f"p99 {p99(latencies):,.0f} us")
     print(f"steer with every appliance explained: {1e6 / statistics.mean(explained):,.0f} decisions/s, "

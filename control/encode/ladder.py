@@ -1,0 +1,152 @@
+"""Bitrate ladders: the classic fixed one, and the per-title convex-hull choice (pure).
+
+Per-title (Netflix's method): trial-encode samples of the title at a grid of resolutions and
+bitrates, measure quality at the source resolution, and keep, for each bitrate, the resolution
+that looks best there.  The upper convex hull of all measured points is the efficient frontier;
+rungs are picked along it.  Nothing here touches files: :mod:`control.encode.quality` measures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .spec import Codec, VideoRung
+
+#: Apple's HLS authoring ladder (H.264), height -> average bitrate.
+FIXED_H264: tuple[tuple[int, int], ...] = (
+    (234, 145_000), (360, 365_000), (432, 730_000), (540, 2_000_000),
+    (720, 4_500_000), (1080, 7_800_000), (1440, 12_000_000), (2160, 18_000_000),
+)
+#: Bitrate relative to H.264 for the same quality, a conservative industry rule of thumb.
+CODEC_FACTOR: dict[str, float] = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
+#: Heights tried by the per-title search (the source height is always added).
+CANDIDATE_HEIGHTS = (144, 234, 360, 432, 540, 720, 1080, 1440, 2160)
+MIN_BITRATE = 60_000
+
+
+def output_size(display_width: int, height: int, target_height: int) -> tuple[int, int]:
+    """Width and height for ``target_height`` keeping the display aspect; even, never upscaled."""
+    h = min(target_height, height)
+    h -= h % 2
+    w = round(display_width * h / height / 2) * 2
+    return max(w, 2), max(h, 2)
+
+
+def fixed_ladder(display_width: int, height: int, codecs: Sequence[Codec], max_rungs: int = 6) -> list[VideoRung]:
+    rows = [(h, b) for h, b in FIXED_H264 if h <= height]
+    if not rows:
+        # A source below the smallest rung gets one rung at its own size, bitrate scaled by area.
+        w, h = output_size(display_width, height, height)
+        rows = [(h, max(MIN_BITRATE, round(FIXED_H264[0][1] * (w * h) / (416 * 234))))]
+    rows = rows[-max_rungs:]
+    rungs: list[VideoRung] = []
+    for codec in codecs:
+        for h, bitrate in rows:
+            w, hh = output_size(display_width, height, h)
+            rungs.append(VideoRung(codec, w, hh, round(bitrate * CODEC_FACTOR[codec] / 1000) * 1000))
+    return rungs
+
+
+@dataclass(frozen=True)
+class RDPoint:
+    """One trial encode: a resolution at a measured bitrate and quality (PSNR dB at source size)."""
+
+    codec: str
+    width: int
+    height: int
+    bitrate: int
+    quality: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"codec": self.codec, "width": self.width, "height": self.height, "bitrate": self.bitrate,
+                "quality": round(self.quality, 3)}
+
+
+def candidate_heights(height: int) -> list[int]:
+    hs = sorted({h for h in CANDIDATE_HEIGHTS if h < height} | {height - height % 2})
+    return hs[-5:]  # the five largest: tiny renditions of a large source are never on the hull
+
+
+def candidate_bitrates(width: int, height: int, fps: float, count: int = 6) -> list[int]:
+    """A geometric grid from ~0.02 to ~0.25 bits per pixel per frame at the source size."""
+    pixels = width * height * fps
+    lo, hi = max(MIN_BITRATE, pixels * 0.02), max(MIN_BITRATE * 4, pixels * 0.25)
+    return [round(lo * (hi / lo) ** (i / (count - 1)) / 1000) * 1000 for i in range(count)]
+
+
+def convex_hull(points: Sequence[RDPoint]) -> list[RDPoint]:
+    """Upper convex hull in (log bitrate, quality), increasing in both: the efficient frontier."""
+    pts = sorted(points, key=lambda p: (p.bitrate, -p.quality))
+    frontier: list[RDPoint] = []
+    for p in pts:  # Pareto: drop points no better than a cheaper one
+        if not frontier or p.quality > frontier[-1].quality:
+            frontier.append(p)
+    hull: list[RDPoint] = []
+    for p in frontier:
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+def _cross(a: RDPoint, b: RDPoint, c: RDPoint) -> float:
+    ax, bx, cx = math.log(a.bitrate), math.log(b.bitrate), math.log(c.bitrate)
+    return (bx - ax) * (c.quality - a.quality) - (b.quality - a.quality) * (cx - ax)
+
+
+def per_title_ladder(
+    points: Sequence[RDPoint],
+    codec: Codec,
+    *,
+    max_rungs: int = 6,
+    top_quality: float = 46.0,
+    step: float = 1.6,
+) -> list[VideoRung]:
+    """Rungs along the hull: from its cheapest point up to where quality reaches ``top_quality``
+    (more bits there are invisible), spaced about ``step``x in bitrate, each at the resolution that
+    wins at that bitrate.  Resolutions never decrease as bitrate rises.
+    """
+    mine = [p for p in points if p.codec == codec]
+    hull = convex_hull(mine)
+    if not hull:
+        return []
+    top = next((p for p in hull if p.quality >= top_quality), hull[-1])
+    lo, hi = hull[0].bitrate, top.bitrate
+    n = 1 if hi <= lo else min(max_rungs, max(2, 1 + round(math.log(hi / lo) / math.log(step))))
+    targets = [lo] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    rungs: list[VideoRung] = []
+    for target in targets:
+        best = _best_at(mine, target)
+        if rungs and best.height < rungs[-1].height:
+            best = next(p for p in sorted(mine, key=lambda q: abs(math.log(q.bitrate / target)))
+                        if p.height >= rungs[-1].height)
+        rung = VideoRung(codec, best.width, best.height, round(target / 1000) * 1000)
+        if not rungs or rung.bitrate > rungs[-1].bitrate * 1.15:
+            rungs.append(rung)
+    return rungs
+
+
+def _best_at(points: Sequence[RDPoint], bitrate: float) -> RDPoint:
+    """The resolution whose own R-D curve, interpolated in log bitrate, is highest at ``bitrate``."""
+    best: tuple[float, RDPoint] | None = None
+    for height in sorted({p.height for p in points}):
+        curve = sorted((p for p in points if p.height == height), key=lambda p: p.bitrate)
+        q = _interp(curve, bitrate)
+        if best is None or q > best[0]:
+            best = (q, curve[0])
+    assert best is not None
+    return best[1]
+
+
+def _interp(curve: list[RDPoint], bitrate: float) -> float:
+    x = math.log(bitrate)
+    xs = [math.log(p.bitrate) for p in curve]
+    if x <= xs[0]:
+        # Below its cheapest trial a resolution is penalised: extrapolating there is guesswork.
+        return curve[0].quality - 3.0 * (xs[0] - x) / math.log(2)
+    for (x0, p0), (x1, p1) in zip(zip(xs, curve, strict=True), zip(xs[1:], curve[1:], strict=True), strict=False):
+        if x <= x1:
+            return p0.quality + (p1.quality - p0.quality) * (x - x0) / (x1 - x0) if x1 > x0 else p1.quality
+    return curve[-1].quality

@@ -1,0 +1,280 @@
+"""``ingest``: master file in, published file set out.
+
+The orchestration shell around the pure planners: probe, choose the ladder, fan chunk encodes
+out to worker processes, join, package, protect, list and publish.  Everything is written under a
+staging directory inside the origin root and renamed into place at the very end, so an error,
+a cancellation or a crash never leaves a half title visible (and never leaves a key file behind).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import artwork, dash, fileset, hls
+from .chunks import frame_count, plan_chunks, segment_starts
+from .crypto import TitleKey, aes128_encrypt, key_path, new_key, write_key
+from .encoder import AudioJob, CencKey, ChunkJob, encode_audio, encode_chunk
+from .errors import EncodeFailed, IngestCancelled, IngestError, TitleExists
+from .fileset import FileSetManifest
+from .ladder import RDPoint, fixed_ladder, per_title_ladder
+from .package import Track, join_chunks
+from .probe import ProbeResult, probe
+from .quality import measure_points
+from .spec import IngestSpec, VideoRung
+
+Progress = Callable[[str, float], None]
+AUDIO_ID = "audio_aac"
+MAX_FPS = Fraction(60)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before encoding starts; recorded in the manifest."""
+
+    probe: ProbeResult
+    fps: Fraction
+    n_frames: int
+    starts: tuple[int, ...]
+    rungs: tuple[VideoRung, ...]
+    points: tuple[RDPoint, ...]
+
+
+def _workers(spec: IngestSpec) -> tuple[int, int]:
+    cpus = os.cpu_count() or 1
+    workers = spec.workers or cpus
+    return workers, spec.encoder_threads or max(1, cpus // workers)
+
+
+def ingest(
+    master: Path,
+    origin_root: Path,
+    keys_dir: Path,
+    spec: IngestSpec,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> FileSetManifest:
+    """Encode ``master`` into ``origin_root/<title_id>/`` and return its manifest.
+
+    Runs in the calling thread and fans out to ``spec.workers`` processes; call it from a thread
+    (``asyncio.to_thread``) in the control plane.  Setting ``cancel`` stops the job: running worker
+    processes are terminated and :class:`IngestCancelled` is raised.  Raises a :class:`BadMaster`
+    subclass for garbage input, :class:`TitleExists` if the title is already published.
+    """
+    report = progress or (lambda stage, fraction: None)
+    if (origin_root / spec.title_id).exists():
+        raise TitleExists(f"title {spec.title_id!r} already exists in the origin store")
+    report("probe", 0.0)
+    info = probe(master)
+    staging = fileset.new_staging(origin_root, spec.title_id)
+    try:
+        with _pool(spec) as pool:
+            runner = _Runner(pool, cancel)
+            plan = make_plan(info, spec, runner, report)
+            key = new_key(spec.title_id, spec.encrypt) if spec.encrypt != "none" else None
+            videos, audio = encode_and_package(master, info, plan, spec, staging, runner, key, report)
+        if cancel is not None and cancel.is_set():
+            raise IngestCancelled("ingest cancelled")
+        report("package", 0.9)
+        write_manifests(staging, spec, info, videos, audio, key)
+        manifest = _manifest(staging, spec, info, plan, videos, audio, key)
+        (staging / fileset.MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
+        if key is not None:
+            write_key(keys_dir, key)
+        try:
+            fileset.publish(staging, origin_root, spec.title_id)
+        except BaseException:
+            if key is not None:
+                key_path(keys_dir, spec.title_id).unlink(missing_ok=True)
+            raise
+    except BaseException:
+        fileset.discard(staging)
+        raise
+    report("done", 1.0)
+    return manifest
+
+
+def _pool(spec: IngestSpec) -> cf.ProcessPoolExecutor:
+    workers, _ = _workers(spec)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+class _Runner:
+    """Runs batches of jobs on the pool, honouring cancellation between and during jobs."""
+
+    def __init__(self, pool: cf.ProcessPoolExecutor, cancel: threading.Event | None) -> None:
+        self.pool = pool
+        self.cancel = cancel
+
+    def map(self, fn: Callable[[Any], T], jobs: Sequence[Any], on_done: Callable[[int], None]) -> list[T]:
+        futures = [self.pool.submit(fn, job) for job in jobs]
+        pending = set(futures)
+        done_count = 0
+        try:
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()  # re-raise the first failure
+                done_count += len(done)
+                on_done(done_count)
+                if self.cancel is not None and self.cancel.is_set():
+                    raise IngestCancelled("ingest cancelled")
+        except BaseException as exc:
+            for fut in futures:
+                fut.cancel()
+            _terminate(self.pool)
+            if isinstance(exc, cf.process.BrokenProcessPool):
+                raise EncodeFailed("a worker process died mid-job (killed, or out of memory)") from None
+            raise
+        return [f.result() for f in futures]
+
+
+def _terminate(pool: cf.ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop running work; a cancelled ingest must not keep
+    # both cores busy for minutes, so its processes are terminated (they write only to staging).
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_plan(info: ProbeResult, spec: IngestSpec, runner: _Runner, report: Progress) -> Plan:
+    fps = min(info.fps, MAX_FPS)
+    n_frames = frame_count(info.duration, fps)
+    starts = segment_starts(n_frames, fps, spec.segment_seconds)
+    points: tuple[RDPoint, ...] = ()
+    if spec.ladder == "fixed":
+        rungs = fixed_ladder(info.display_width, info.height, spec.codecs, spec.max_rungs)
+    else:
+        report("ladder", 0.02)
+        points = tuple(measure_points(info, fps, spec.codecs, spec.preset, runner.map,
+                                      lambda frac: report("ladder", 0.02 + 0.18 * frac)))
+        rungs = [r for codec in spec.codecs for r in per_title_ladder(points, codec, max_rungs=spec.max_rungs)]
+        if not rungs:
+            raise EncodeFailed("per-title search produced no rungs")
+    return Plan(info, fps, n_frames, starts, tuple(rungs), points)
+
+
+def encode_and_package(
+    master: Path,
+    info: ProbeResult,
+    plan: Plan,
+    spec: IngestSpec,
+    staging: Path,
+    runner: _Runner,
+    key: TitleKey | None,
+    report: Progress,
+) -> tuple[list[Track], Track | None]:
+    workers, threads = _workers(spec)
+    work = staging / ".work"
+    work.mkdir()
+    cenc = CencKey(key.kid, key.key) if key is not None and key.scheme == "cenc" else None
+    chunks = plan_chunks(plan.starts, plan.n_frames, workers)
+    gop = 2 * max(b - a for a, b in zip(plan.starts, (*plan.starts[1:], plan.n_frames), strict=True)) + 1
+    jobs: list[Any] = [
+        ChunkJob(os.fspath(master), info.start_time, plan.fps, c.start_frame, c.end_frame, c.keyframes, gop,
+                 plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc)
+        for c in chunks
+    ]
+    duration = float(plan.n_frames / plan.fps)
+    if info.has_audio:
+        jobs.append(AudioJob(os.fspath(master), info.start_time, duration, spec.segment_seconds,
+                             os.fspath(work / "audio.mp4"), cenc))
+    if spec.artwork_candidates:
+        jobs.append(artwork.artwork_job(master, info, staging, spec.artwork_candidates))
+    total = len(jobs)
+    results = runner.map(_run_job, jobs, lambda n: report("encode", 0.2 + 0.65 * n / total))
+    chunk_paths: list[dict[str, str]] = [r for r in results if isinstance(r, dict)]
+    videos = [
+        join_chunks([(c.start_frame, paths[rung.id]) for c, paths in zip(chunks, chunk_paths, strict=True)], staging,
+                    rung.id, kind="video", codec_family=rung.codec, fps=plan.fps, target_bitrate=rung.bitrate)
+        for rung in plan.rungs
+    ]
+    audio = None
+    if info.has_audio:
+        audio = join_chunks([(0, os.fspath(work / "audio.mp4"))], staging, AUDIO_ID, kind="audio",
+                            codec_family="aac", fps=None, target_bitrate=128_000)
+    fileset.discard(work)
+    if key is not None and key.scheme == "aes128":
+        for track in [*videos, *([audio] if audio else [])]:
+            for seg in track.segments:
+                path = staging / seg.path
+                path.write_bytes(aes128_encrypt(path.read_bytes(), key, seg.number))
+    return videos, audio
+
+
+def _run_job(job: ChunkJob | AudioJob | artwork.ArtworkJob) -> dict[str, str] | str | list[str]:
+    if isinstance(job, ChunkJob):
+        return encode_chunk(job)
+    if isinstance(job, AudioJob):
+        return encode_audio(job)
+    return artwork.run_artwork(job)
+
+
+def write_manifests(
+    staging: Path, spec: IngestSpec, info: ProbeResult, videos: list[Track], audio: Track | None, key: TitleKey | None
+) -> None:
+    hls_key = None
+    if key is not None and key.scheme == "aes128":
+        hls_key = hls.HlsKey("AES-128", spec.aes128_key_uri.format(title_id=spec.title_id))
+    elif key is not None:
+        hls_key = hls.HlsKey("SAMPLE-AES-CTR", spec.clearkey_license_url.format(title_id=spec.title_id),
+                             keyformat="org.w3.clearkey")
+    for track in [*videos, *([audio] if audio else [])]:
+        (staging / hls.media_playlist_path(track)).write_text(hls.media_playlist(track, hls_key))
+    # Byte ranges into AES-CBC segments are not independently decryptable: no I-frame lists then.
+    iframes = key is None or key.scheme != "aes128"
+    if iframes:
+        for track in videos:
+            (staging / hls.iframe_playlist_path(track)).write_text(hls.iframe_playlist(track))
+    (staging / "master.m3u8").write_text(hls.master_playlist(videos, audio, iframes=iframes))
+    if key is None or key.scheme == "cenc":
+        ck = dash.ClearKeyInfo(key, spec.clearkey_license_url.format(title_id=spec.title_id)) if key else None
+        duration = max(t.duration_ticks / t.timescale for t in videos)
+        (staging / "manifest.mpd").write_text(dash.mpd(videos, audio, duration, ck))
+
+
+def _manifest(
+    staging: Path,
+    spec: IngestSpec,
+    info: ProbeResult,
+    plan: Plan,
+    videos: list[Track],
+    audio: Track | None,
+    key: TitleKey | None,
+) -> FileSetManifest:
+    renditions = [
+        {"id": t.id, "kind": t.kind, "codec": t.codec, "codec_family": t.codec_family, "width": t.width,
+         "height": t.height, "target_bitrate": t.target_bitrate, "average_bitrate": t.average_bitrate,
+         "peak_bitrate": t.peak_bitrate, "segments": len(t.segments)}
+        for t in [*videos, *([audio] if audio else [])]
+    ]
+    return FileSetManifest(
+        title_id=spec.title_id,
+        name=spec.name,
+        version=1,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        duration=round(float(plan.n_frames / plan.fps), 3),
+        genres=spec.genres,
+        hls="master.m3u8",
+        dash="manifest.mpd" if (staging / "manifest.mpd").exists() else None,
+        encryption={"scheme": key.scheme, "kid": key.kid} if key else None,
+        renditions=tuple(renditions),
+        ladder={"mode": spec.ladder, "metric": "psnr_y_db", "rungs": [r.to_dict() for r in plan.rungs],
+                "points": [p.to_dict() for p in plan.points], "segment_seconds": spec.segment_seconds,
+                "fps": str(plan.fps)},
+        source=info.to_dict(),
+        files=fileset.entries(staging, {AUDIO_ID}),
+    )
+
+
+__all__ = ["IngestError", "IngestSpec", "Plan", "ingest", "probe"]

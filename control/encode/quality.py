@@ -1,0 +1,152 @@
+"""Measuring quality for the per-title ladder: trial encodes of sampled scenes, PSNR at source size.
+
+Each trial job (one codec at one resolution) decodes the sample windows once, encodes them at
+every candidate bitrate in memory (no files), decodes the result, scales it back up to the
+source size the way a player's display would, and compares luma against the source (PSNR, dB).
+VMAF is not in the PyAV wheels; PSNR is what the BD-rate bench uses too, so the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, TypeVar
+
+import av
+import numpy as np
+from av.video.frame import PictureType
+from av.video.reformatter import Interpolation, VideoReformatter
+from numpy.typing import NDArray
+
+from .chunks import frame_count
+from .encoder import cfr_frames, encoder_settings
+from .errors import EncodeFailed, one_line
+from .ladder import RDPoint, candidate_bitrates, candidate_heights, output_size
+from .probe import ProbeResult
+from .spec import Codec, VideoRung
+
+DECODERS = {"h264": "h264", "hevc": "hevc", "av1": "libdav1d"}
+T = TypeVar("T")
+MapFn = Callable[[Callable[[Any], T], Sequence[Any], Callable[[int], None]], list[T]]
+
+
+def psnr(ref: NDArray[np.uint8], test: NDArray[np.uint8]) -> float:
+    """Peak signal-to-noise ratio of two 8-bit planes, dB; identical planes give 100."""
+    if ref.shape != test.shape:
+        raise ValueError(f"plane shapes differ: {ref.shape} vs {test.shape}")
+    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
+    return 100.0 if mse <= 1e-10 else min(100.0, 10 * math.log10(255.0**2 / mse))
+
+
+def sample_windows(n_frames: int, fps: Fraction, windows: int = 3, seconds: float = 1.0) -> list[tuple[int, int]]:
+    """``windows`` spans of ``seconds`` spread evenly over the title (the whole title if short)."""
+    length = max(1, round(seconds * fps))
+    if n_frames <= length * windows:
+        return [(0, n_frames)]
+    spacing = n_frames / windows
+    return [(int(spacing * (i + 0.5)) - length // 2, int(spacing * (i + 0.5)) - length // 2 + length)
+            for i in range(windows)]
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    master: str
+    start_time: float
+    fps: Fraction
+    windows: tuple[tuple[int, int], ...]
+    codec: Codec
+    width: int
+    height: int
+    bitrates: tuple[int, ...]
+    preset: str
+    threads: int = 1
+
+
+def run_trial(job: TrialJob) -> list[RDPoint]:
+    """Worker entry point: the (bitrate, PSNR) points of one codec at one resolution."""
+    try:
+        with av.open(job.master, metadata_errors="ignore") as src:
+            frames = [f for a, b in job.windows for _, f in cfr_frames(src, job.start_time, job.fps, a, b)]
+        if not frames:
+            raise EncodeFailed("trial: no frames in the sample windows")
+        ref = [np.asarray(f.reformat(format="gray").to_ndarray(), dtype=np.uint8) for f in frames]
+        scaler = VideoReformatter()
+        scaled = [scaler.reformat(f, width=job.width, height=job.height, format="yuv420p",
+                                  interpolation=Interpolation.BICUBIC) for f in frames]
+        points = []
+        for bitrate in job.bitrates:
+            size, decoded = _encode_decode(job, scaled, bitrate)
+            up = VideoReformatter()
+            scores = [psnr(r, np.asarray(up.reformat(d, width=frames[0].width, height=frames[0].height,
+                                                     format="gray", interpolation=Interpolation.BICUBIC).to_ndarray(),
+                                         dtype=np.uint8))
+                      for r, d in zip(ref, decoded, strict=True)]
+            seconds = len(scaled) / float(job.fps)
+            points.append(RDPoint(job.codec, job.width, job.height, round(size * 8 / seconds), float(np.mean(scores))))
+        return points
+    except av.error.FFmpegError as exc:
+        raise EncodeFailed(f"trial {job.codec} {job.height}p: {one_line(str(exc), 160)}") from None
+
+
+def _encode_decode(job: TrialJob, frames: list[av.VideoFrame], bitrate: int) -> tuple[int, list[av.VideoFrame]]:
+    """Encode ``frames`` (windows back to back, an IDR at each window start) and decode them again."""
+    rung = VideoRung(job.codec, job.width, job.height, bitrate)
+    name, options = encoder_settings(job.codec, rung, 10_000, job.preset, job.threads)
+    enc = av.CodecContext.create(name, "w")
+    assert isinstance(enc, av.video.codeccontext.VideoCodecContext)
+    enc.width, enc.height, enc.pix_fmt = job.width, job.height, "yuv420p"
+    enc.time_base = 1 / job.fps
+    enc.framerate = job.fps
+    enc.bit_rate = bitrate
+    enc.options = options
+    starts = set()
+    pos = 0
+    for a, b in job.windows:
+        starts.add(pos)
+        pos += b - a
+    packets: list[av.Packet[Any]] = []
+    for i, frame in enumerate(frames):
+        frame.pts = i
+        frame.time_base = 1 / job.fps
+        frame.pict_type = PictureType.I if i in starts else PictureType.NONE
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create(DECODERS[job.codec], "r")
+    assert isinstance(dec, av.video.codeccontext.VideoCodecContext)
+    decoded: list[av.VideoFrame] = []
+    for packet in packets:
+        decoded += dec.decode(packet)
+    decoded += dec.decode(None)
+    if len(decoded) != len(frames):
+        raise EncodeFailed(f"trial {job.codec} {job.height}p: decoded {len(decoded)} of {len(frames)} frames")
+    decoded.sort(key=lambda f: f.pts if f.pts is not None else 0)
+    return sum(p.size for p in packets), decoded
+
+
+def trial_jobs(info: ProbeResult, fps: Fraction, codecs: Sequence[Codec], preset: str) -> list[TrialJob]:
+    n_frames = frame_count(info.duration, fps)
+    windows = tuple(sample_windows(n_frames, fps))
+    jobs = []
+    for codec in codecs:
+        for h in candidate_heights(info.height):
+            w, hh = output_size(info.display_width, info.height, h)
+            scale = 0.65 if codec == "hevc" else 0.55 if codec == "av1" else 1.0
+            bitrates = tuple(max(40_000, round(b * scale / 1000) * 1000)
+                             for b in candidate_bitrates(info.display_width, info.height, float(fps)))
+            jobs.append(TrialJob(info.path, info.start_time, fps, windows, codec, w, hh, bitrates, preset))
+    return jobs
+
+
+def measure_points(
+    info: ProbeResult,
+    fps: Fraction,
+    codecs: Sequence[Codec],
+    preset: str,
+    run: MapFn[list[RDPoint]],
+    progress: Callable[[float], None],
+) -> list[RDPoint]:
+    jobs = trial_jobs(info, fps, codecs, preset)
+    results = run(run_trial, jobs, lambda n: progress(n / len(jobs)))
+    return [p for points in results for p in points]

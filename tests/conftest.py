@@ -40,15 +40,21 @@ class Mosquitto:
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (run scripts/setup-system.sh)")
         self.port = free_port()
-        self.workdir = workdir
+        # Running as root, mosquitto drops to its own user, which cannot enter pytest's private
+        # tmp_path: give it a world-traversable folder of its own under /tmp.
+        import tempfile
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="nearcast-mosquitto-"))
         self.conf = workdir / "mosquitto.conf"
         self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
+        self.workdir.chmod(0o777)
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "persistence false\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
             + (self.extra_config or "allow_anonymous true\n"))
 
@@ -72,13 +78,17 @@ class Mosquitto:
         path = self.workdir / "mosquitto.log"
         return path.read_text() if path.exists() else ""
 
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 @pytest.fixture
 def private_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path)
     broker.start()
     yield broker
-    broker.stop()
+    broker.cleanup()
 
 
 @pytest.fixture

@@ -110,14 +110,15 @@ async def test_publish_subscribe_and_bad_messages_on_the_machine_broker(system_m
 
 
 async def test_reconnects_resubscribes_and_will_marks_offline(private_mosquitto: Any) -> None:
-    """Stop the broker mid-session, restart it: the client comes back and resubscribes.
+    """Stop the broker mid-session and restart it.
 
-    A second client that loses its connection uncleanly (broker restart does not count: the
-    broker itself went away) is shown offline by the Will: we cut it off with a killed socket.
+    Meanwhile the session's Last Will marks it offline (mosquitto, persisting, publishes the Will of
+    the clients it loses on shutdown and keeps it retained); then the session reconnects with backoff,
+    publishes its birth again and re-subscribes (a message published after the restart reaches it).
     """
     port = private_mosquitto.port
     cid = f"r{new_id()}"
-    session = _session(port, cid)
+    session = _session(port, cid, reconnect_min_s=1.5, reconnect_max_s=3.0)
     got: list[str] = []
 
     async def handler(env: Envelope[Any], topic: str) -> None:
@@ -129,23 +130,41 @@ async def test_reconnects_resubscribes_and_will_marks_offline(private_mosquitto:
     await session.publish(f"test/{cid}/in", Ping("one"))
     await _until(lambda: got == ["one"])
 
-    private_mosquitto.stop()
+    await asyncio.to_thread(private_mosquitto.stop)
     await _until(lambda: not session.connected.is_set())
     with pytest.raises(Exception, match="not connected"):
         await session.publish(f"test/{cid}/in", Ping("lost"), timeout=0.2)
     await asyncio.to_thread(private_mosquitto.start)
-    await asyncio.wait_for(session.connected.wait(), 15)
-    assert session.connect_count == 2
-    await session.publish(f"test/{cid}/in", Ping("two"))  # delivered only if we resubscribed
-    await _until(lambda: got == ["one", "two"])
 
-    # The retained birth is re-published on reconnect: a fresh subscriber sees "online".
-    async with aiomqtt.Client("127.0.0.1", port) as watcher:
-        await watcher.subscribe(f"test/{cid}/status", qos=1)
-        async for msg in watcher.messages:
-            assert json.loads(bytes(msg.payload))["body"]["state"] == "online"  # type: ignore[arg-type]
-            break
-    await session.stop(announce_offline=False)
+    states: list[str] = []
+    seen = asyncio.Event()
+
+    async def watch() -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"w{cid}") as watcher:
+            await watcher.subscribe(f"test/{cid}/status", qos=1)
+            async for msg in watcher.messages:
+                states.append(json.loads(bytes(msg.payload))["body"]["state"])  # type: ignore[arg-type]
+                if states[-1] == "online" and "offline" in states:
+                    seen.set()
+
+    from shared.tasks import TaskGroup
+
+    tg = TaskGroup("watch")
+    tg.spawn(watch(), name="watch")
+    try:
+        await asyncio.wait_for(session.connected.wait(), 15)
+        assert session.connect_count == 2
+        try:
+            await asyncio.wait_for(seen.wait(), 10)
+        except TimeoutError:
+            raise AssertionError(f"states seen: {states}; log: {private_mosquitto.log()[-2000:]}") from None
+        assert states[0] == "offline"  # the Will, retained while the session was away
+        assert states[-1] == "online"  # the birth, published again on reconnect
+        await session.publish(f"test/{cid}/in", Ping("two"))  # delivered only if we resubscribed
+        await _until(lambda: got == ["one", "two"])
+    finally:
+        await tg.aclose()
+        await session.stop(announce_offline=False)
 
 
 async def test_last_will_marks_a_vanished_client_offline(private_mosquitto: Any, tmp_path: Path) -> None:

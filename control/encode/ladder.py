@@ -8,6 +8,7 @@ rungs are picked along it.  Nothing here touches files: :mod:`control.encode.qua
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,17 +103,24 @@ def per_title_ladder(
     *,
     max_rungs: int = 6,
     top_quality: float = 46.0,
+    min_gain: float = 0.4,
     step: float = 1.6,
 ) -> list[VideoRung]:
-    """Rungs along the hull: from its cheapest point up to where quality reaches ``top_quality``
-    (more bits there are invisible), spaced about ``step``x in bitrate, each at the resolution that
-    wins at that bitrate.  Resolutions never decrease as bitrate rises.
+    """Rungs along the hull, from its cheapest point up to where more bits stop paying: quality
+    reaches ``top_quality`` dB, or doubling the bitrate gains less than ``min_gain`` dB.  Rungs are
+    spaced about ``step``x in bitrate, each at the resolution that wins at that bitrate;
+    resolutions never decrease as bitrate rises.
     """
     mine = [p for p in points if p.codec == codec]
     hull = convex_hull(mine)
     if not hull:
         return []
-    top = next((p for p in hull if p.quality >= top_quality), hull[-1])
+    top = hull[-1]
+    for a, b in itertools.pairwise(hull):
+        per_doubling = (b.quality - a.quality) / math.log2(b.bitrate / a.bitrate)
+        if a.quality >= top_quality or per_doubling < min_gain:
+            top = a
+            break
     lo, hi = hull[0].bitrate, top.bitrate
     n = 1 if hi <= lo else min(max_rungs, max(2, 1 + round(math.log(hi / lo) / math.log(step))))
     targets = [lo] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]

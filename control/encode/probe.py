@@ -83,7 +83,8 @@ def probe(path: Path | str) -> ProbeResult:
     try:
         container = av.open(os.fspath(p), metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        head = p.open("rb").read(12)
+        with p.open("rb") as f:
+            head = f.read(12)
         if head[4:8] == b"ftyp":
             raise TruncatedMaster(f"master {p.name!r} is an MP4 whose index is missing (truncated upload?)") from None
         raise NotAVideo(f"master {p.name!r} is not a video FFmpeg can read: {one_line(str(exc), 120)}") from None

@@ -50,10 +50,9 @@ async def serve() -> AsyncIterator[Serve]:
     """Start a real static HTTP server (aiohttp FileResponse: ranges supported) on 127.0.0.1."""
     runners: list[web.AppRunner] = []
 
-    async def start(root: Path, extra: dict[str, bytes] | None = None) -> str:
+    async def start(root: Path, routes: list[web.RouteDef] | None = None) -> str:
         app = web.Application()
-        for route, body in (extra or {}).items():
-            app.router.add_get(route, _fixed(body))
+        app.router.add_routes(routes or [])
         app.router.add_static("/", root)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -66,13 +65,6 @@ async def serve() -> AsyncIterator[Serve]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-def _fixed(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/octet-stream")
-
-    return handler
 
 
 @pytest.fixture

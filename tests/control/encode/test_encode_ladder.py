@@ -1,0 +1,70 @@
+"""Ladders (pure): fixed rungs never upscale; the hull and the per-title choice behave."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from control.encode.ladder import RDPoint, candidate_heights, convex_hull, fixed_ladder, output_size, per_title_ladder
+
+
+def test_encode_fixed_ladder_never_upscales() -> None:
+    rungs = fixed_ladder(1280, 720, ["h264", "hevc"])
+    assert max(r.height for r in rungs) == 720
+    assert {r.codec for r in rungs} == {"h264", "hevc"}
+    h264 = {r.height: r.bitrate for r in rungs if r.codec == "h264"}
+    hevc = {r.height: r.bitrate for r in rungs if r.codec == "hevc"}
+    assert all(hevc[h] < h264[h] for h in h264)
+
+
+def test_encode_fixed_ladder_for_a_tiny_source_has_one_rung_at_source_size() -> None:
+    rungs = fixed_ladder(321, 181, ["h264"])
+    assert [(r.width, r.height) for r in rungs] == [(320, 180)]
+
+
+def test_encode_output_size_keeps_aspect_and_even() -> None:
+    assert output_size(1920, 1080, 360) == (640, 360)
+    assert output_size(1440, 1080, 720) == (960, 720)  # 4:3
+    assert output_size(853, 480, 4000) == (852, 480)  # never upscaled, even
+    w, h = output_size(321, 181, 181)
+    assert w % 2 == 0 and h % 2 == 0
+
+
+def test_encode_candidate_heights_include_source_and_stay_below_it() -> None:
+    assert candidate_heights(1080)[-1] == 1080 and max(candidate_heights(500)) == 500
+
+
+def _curve(height: int, width: int, offset: float, scale: float) -> list[RDPoint]:
+    """A saturating R-D curve: quality = offset + scale * log2(bitrate / 100k), capped."""
+    return [RDPoint("h264", width, height, b, min(offset + scale * math.log2(b / 100_000), 40 + height / 100))
+            for b in (100_000, 200_000, 400_000, 800_000, 1_600_000, 3_200_000)]
+
+
+def test_encode_hull_is_increasing_and_concave() -> None:
+    points = _curve(360, 640, 30, 3) + _curve(720, 1280, 27, 4) + _curve(234, 416, 32, 1.5)
+    hull = convex_hull(points)
+    assert all(a.bitrate < b.bitrate and a.quality < b.quality for a, b in itertools.pairwise(hull))
+    slopes = [(b.quality - a.quality) / math.log(b.bitrate / a.bitrate) for a, b in itertools.pairwise(hull)]
+    assert all(s1 >= s2 - 1e-9 for s1, s2 in itertools.pairwise(slopes))
+    for p in points:  # nothing lies above the hull
+        for a, b in itertools.pairwise(hull):
+            if a.bitrate <= p.bitrate <= b.bitrate:
+                t = math.log(p.bitrate / a.bitrate) / math.log(b.bitrate / a.bitrate)
+                assert p.quality <= a.quality + t * (b.quality - a.quality) + 1e-9
+
+
+def test_encode_per_title_picks_small_sizes_cheap_and_large_sizes_rich() -> None:
+    points = _curve(234, 416, 33, 1.0) + _curve(360, 640, 31, 2.5) + _curve(720, 1280, 27, 4.0)
+    rungs = per_title_ladder(points, "h264", max_rungs=6)
+    assert 2 <= len(rungs) <= 6
+    assert rungs[0].height < rungs[-1].height
+    assert all(a.height <= b.height and a.bitrate < b.bitrate for a, b in itertools.pairwise(rungs))
+
+
+def test_encode_per_title_stops_where_bits_stop_paying() -> None:
+    flat = [RDPoint("h264", 640, 360, b, 40 + 0.1 * math.log2(b / 100_000)) for b in (100_000, 400_000, 1_600_000)]
+    steep = [RDPoint("h264", 640, 360, 100_000, 30.0), RDPoint("h264", 640, 360, 200_000, 34.0),
+             RDPoint("h264", 640, 360, 400_000, 36.0), RDPoint("h264", 640, 360, 800_000, 36.1)]
+    assert [r.bitrate for r in per_title_ladder(flat, "h264")] == [100_000]
+    assert max(r.bitrate for r in per_title_ladder(steep, "h264")) == 400_000
+    assert per_title_ladder(steep, "hevc") == []

@@ -30,8 +30,10 @@ class PopularityConfig:
     release_boost: float = 1.0
     #: Rank of the region's title the new-release prior is scaled from (1 = the current top title).
     reference_rank: int = 10
-    #: The new-release prior halves every this many seconds after the release.
-    release_half_life_s: float = 3 * 86_400.0
+    #: The new-release prior halves every this many seconds after the release.  Short on purpose: a day
+    #: after release the title has its own observed demand, and a lingering prior on flops crowds the
+    #: disks (in bench/fill_sim.py a 5-day prior cost 1.5 points of offload against a 1-day one).
+    release_half_life_s: float = 86_400.0
     #: A title is boosted from this long before its release, so it is in place on release day.
     prefill_s: float = 86_400.0
     #: Samples stamped further than this past ``now`` are refused (clock skew or forgery).

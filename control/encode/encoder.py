@@ -23,7 +23,7 @@ from .spec import Codec, VideoRung
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets+cmaf"
 AUDIO_RATE = 48000
 AUDIO_BITRATE = 128_000
-_SVT_PRESETS = {"ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 6, "slow": 4}
+_SVT_PRESETS = {"ultrafast": 10, "superfast": 9, "veryfast": 8, "faster": 8, "fast": 7, "medium": 6, "slow": 4}
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def encoder_settings(codec: Codec, rung: VideoRung, gop: int, preset: str, threa
         params = (f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:bframes=3:log-level=error"
                   f":pools={threads}:frame-threads={min(threads, 2)}")
         return "libx265", {"preset": preset, "x265-params": params, "forced-idr": "1", **vbv}
+    # SVT-AV1 accepts a max bitrate only in CRF mode: AV1 rungs are plain VBR around the target.
     params = f"keyint={gop}:scd=0:lp={threads}:irefresh-type=2"
-    return "libsvtav1", {"preset": str(_SVT_PRESETS.get(preset, 10)), "svtav1-params": params, **vbv}
+    return "libsvtav1", {"preset": str(_SVT_PRESETS.get(preset, 8)), "svtav1-params": params}
 
 
 def mux_options(cenc: CencKey | None) -> dict[str, str]:
@@ -115,6 +116,9 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
     outs: list[tuple[VideoRung, av.container.OutputContainer, av.video.stream.VideoStream, VideoReformatter]] = []
     paths: dict[str, str] = {}
     keyframes = set(job.keyframes)
+    # SVT-AV1 logs its whole configuration to stderr per encoder unless told otherwise; this is
+    # a worker process of ours, so its environment is ours to set.
+    os.environ.setdefault("SVT_LOG", "1")
     try:
         with av.open(job.master, metadata_errors="ignore") as src:
             for rung in job.rungs:

@@ -210,7 +210,7 @@ class _Site:
         self.members = members
         self.site = members[0].site
         self.free = {a.appliance_id: int(a.capacity_bytes * (1 - config.reserve_fraction)) for a in members}
-        self.weights = {a: float(max(free, 1)) for a, free in self.free.items()}
+        self.ring = hashring.Rendezvous({a: float(max(free, 1)) for a, free in self.free.items()}, salt=self.site)
         self.k = min(config.min_copies, len(members))
         cap = config.max_copies or len(members)
         self.max_copies = max(self.k, min(cap, len(members)))
@@ -223,7 +223,7 @@ class _Site:
                     self.holders[title_id].append(a.appliance_id)
 
     def _order(self, title_id: str) -> list[str]:
-        ranked = hashring.rank(title_id, self.weights, salt=self.site)
+        ranked = self.ring.rank(title_id)
         holders = set(self.holders.get(title_id, ()))
         return [a for a in ranked if a in holders] + [a for a in ranked if a not in holders]
 
@@ -261,9 +261,12 @@ def _sources(title_id: str, appliance: ApplianceSpec, complete_holders: Mapping[
     near = [h.appliance_id for h in holders if h.site != appliance.site and h.region == appliance.region]
     far = [h.appliance_id for h in holders if h.region != appliance.region]
     # Ranking each group by the fetching appliance spreads the fill load over the holders.
-    out = [SourcePlan("peer", p) for p in hashring.rank(title_id, peers, salt=appliance.appliance_id)]
+    def spread(group: list[str]) -> list[str]:
+        return hashring.rank(title_id, group, salt=appliance.appliance_id) if len(group) > 1 else group
+
+    out = [SourcePlan("peer", p) for p in spread(peers)]
     for group in (near, far):
-        out += [SourcePlan("appliance", p) for p in hashring.rank(title_id, group, salt=appliance.appliance_id)]
+        out += [SourcePlan("appliance", p) for p in spread(group)]
     return (*out[:limit], SourcePlan("origin"))
 
 

@@ -51,26 +51,63 @@ def unit_hash(key: str, salt: str = "") -> float:
     return _digest64(_as_bytes(key, "key"), b"", _as_bytes(salt, "salt")) / _TWO_64
 
 
+def _check_weight(node: str, weight: float) -> float:
+    if not (isinstance(weight, int | float) and not isinstance(weight, bool) and math.isfinite(weight) and weight > 0):
+        raise InvalidInput(f"node {node!r} has weight {weight!r}; weights must be finite and > 0")
+    return float(weight)
+
+
+def _score(key: bytes, node: bytes, weight: float, salt: bytes) -> float:
+    u = (_digest64(key, node, salt) + 0.5) / _TWO_64  # strictly inside (0, 1): ln(u) is finite and negative
+    return -weight / math.log(u)
+
+
 def score(key: str, node: str, weight: float = 1.0, salt: str = "") -> float:
     """The rendezvous score of ``node`` for ``key``; the highest score wins."""
-    if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
-        raise InvalidInput(f"node {node!r} has weight {weight!r}; weights must be finite and > 0")
-    raw = _digest64(_as_bytes(key, "key"), _as_bytes(node, "node"), _as_bytes(salt, "salt"))
-    u = (raw + 0.5) / _TWO_64  # strictly inside (0, 1): ln(u) is finite and negative
-    return -float(weight) / math.log(u)
+    return _score(_as_bytes(key, "key"), _as_bytes(node, "node"), _check_weight(node, weight), _as_bytes(salt, "salt"))
 
 
-def _checked_nodes(nodes: Iterable[str] | Mapping[str, float]) -> dict[str, float]:
+def _checked_nodes(nodes: Iterable[str] | Mapping[str, float]) -> dict[str, tuple[bytes, float]]:
     items = list(nodes.items()) if isinstance(nodes, Mapping) else [(n, 1.0) for n in nodes]
     if len(items) > MAX_NODES:
         raise InvalidInput(f"{len(items)} nodes given; at most {MAX_NODES} are allowed")
-    out: dict[str, float] = {}
+    out: dict[str, tuple[bytes, float]] = {}
     for node, weight in items:
-        _as_bytes(node, "node")
+        raw = _as_bytes(node, "node")
         if node in out:
             raise InvalidInput(f"node {node!r} is listed twice")
-        out[node] = weight
+        out[node] = (raw, _check_weight(node, weight))
     return out
+
+
+class Rendezvous:
+    """A validated, weighted node set, for callers that rank many keys over the same nodes."""
+
+    __slots__ = ("_nodes", "_salt")
+
+    def __init__(self, nodes: Iterable[str] | Mapping[str, float], salt: str = "") -> None:
+        self._nodes = _checked_nodes(nodes)
+        self._salt = _as_bytes(salt, "salt")
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def rank(self, key: str) -> list[str]:
+        """All nodes ordered by preference for ``key`` (best first); ties broken by name."""
+        k = _as_bytes(key, "key")
+        prefix = blake2b(digest_size=8, person=b"nearcast-hrw")
+        prefix.update(len(self._salt).to_bytes(4, "big"))
+        prefix.update(self._salt)
+        prefix.update(len(k).to_bytes(4, "big"))
+        prefix.update(k)
+        scored = []
+        for name, (raw, weight) in self._nodes.items():
+            h = prefix.copy()
+            h.update(raw)
+            u = (int.from_bytes(h.digest(), "big") + 0.5) / _TWO_64
+            scored.append((weight / math.log(u), name))  # = -score: ascending sort puts the best first
+        scored.sort()
+        return [name for _, name in scored]
 
 
 def rank(key: str, nodes: Iterable[str] | Mapping[str, float], salt: str = "") -> list[str]:
@@ -79,9 +116,7 @@ def rank(key: str, nodes: Iterable[str] | Mapping[str, float], salt: str = "") -
     ``nodes`` is either plain names (equal weights) or a mapping of name to positive weight.  Ties
     (astronomically rare) are broken by name so the order is total and reproducible.
     """
-    weighted = _checked_nodes(nodes)
-    scored = sorted(((score(key, n, w, salt), n) for n, w in weighted.items()), key=lambda p: (-p[0], p[1]))
-    return [n for _, n in scored]
+    return Rendezvous(nodes, salt).rank(key)
 
 
 def pick(key: str, nodes: Iterable[str] | Mapping[str, float], count: int = 1, salt: str = "") -> list[str]:
@@ -96,7 +131,9 @@ def assign(keys: Sequence[str], nodes: Iterable[str] | Mapping[str, float], salt
     weighted = _checked_nodes(nodes)
     if not weighted:
         raise InvalidInput("cannot assign keys to an empty set of nodes")
+    s = _as_bytes(salt, "salt")
     out: dict[str, str] = {}
     for key in keys:
-        out[key] = min(weighted.items(), key=lambda nw: (-score(key, nw[0], nw[1], salt), nw[0]))[0]
+        k = _as_bytes(key, "key")
+        out[key] = min((-_score(k, raw, w, s), n) for n, (raw, w) in weighted.items())[1]
     return out

@@ -91,3 +91,12 @@ def test_salt_changes_the_order_and_unit_hash_is_in_range() -> None:
 def test_hostile_input_gives_typed_errors(call: object, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         call()  # type: ignore[operator]
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights=st.dictionaries(names, st.floats(0.1, 10.0), min_size=1, max_size=10), key=names)
+def test_the_reusable_node_set_agrees_with_the_scores(weights: dict[str, float], key: str) -> None:
+    ring = hashring.Rendezvous(weights, salt="site-1")
+    by_score = sorted(weights, key=lambda n: (-hashring.score(key, n, weights[n], salt="site-1"), n))
+    assert ring.rank(key) == by_score == hashring.rank(key, weights, salt="site-1")
+    assert len(ring) == len(weights)

@@ -361,3 +361,25 @@ def plan_fill(appliances: Sequence[ApplianceSpec], titles: Sequence[TitleSpec],
             sum(1 for c in plan_copies.values() if c >= cfg.min_copies)))
     unknown = sorted({t for views in demand.values() for t in views if t not in catalogue})
     return FillPlan(tuple(plans), tuple(regions), to_fill, to_delete, tuple(unknown[:1000]))
+
+
+def live_titles(appliances: Sequence[ApplianceSpec], titles: Sequence[TitleSpec],
+                holdings: Mapping[str, Iterable[Holding]], min_copies: int) -> dict[str, frozenset[str]]:
+    """Per region, the titles with at least ``min_copies`` complete current copies on serving appliances.
+
+    The catalogue shows a title as playable in a region only once this holds, so one lost disk
+    cannot make it unplayable there.
+    """
+    if not (_count(min_copies) and min_copies >= 1):
+        raise InvalidInput(f"min_copies must be an integer >= 1, not {min_copies!r}")
+    catalogue, _ = _validate(appliances, titles, {})
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for a in appliances:
+        if not a.online or a.draining:
+            continue
+        for h in holdings.get(a.appliance_id, ()):
+            spec = catalogue.get(h.title_id)
+            if h.complete and spec is not None and spec.version == h.version:
+                counts[a.region][h.title_id] += 1
+    return {region: frozenset(t for t, c in counts.get(region, {}).items() if c >= min_copies)
+            for region in sorted({a.region for a in appliances})}

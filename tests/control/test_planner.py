@@ -16,6 +16,7 @@ from control.planner import (
     PlannerConfig,
     SourcePlan,
     TitleSpec,
+    live_titles,
     plan_fill,
 )
 from shared.errors import InvalidInput
@@ -232,3 +233,13 @@ def test_large_demand_changes_do_move_content() -> None:
 def test_hostile_input_gives_typed_errors(call: object, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         call()  # type: ignore[operator]
+
+
+def test_live_titles_need_k_complete_current_copies_on_serving_appliances() -> None:
+    fleet = [*simple_fleet(2, GB, "s1", "isp-a"), ApplianceSpec("b1", "s2", "isp-a", GB),
+             ApplianceSpec("off", "s2", "isp-a", GB, online=False), ApplianceSpec("c1", "s3", "isp-c", GB)]
+    held = {"s1-a0": [Holding("t0", "v1"), Holding("t1", "v1"), Holding("t2", "v0")],
+            "b1": [Holding("t0", "v1"), Holding("t1", "v1", complete=False), Holding("t2", "v0")],
+            "off": [Holding("t1", "v1")], "c1": [Holding("t0", "v1")]}
+    live = live_titles(fleet, catalogue(3), held, 2)
+    assert live == {"isp-a": frozenset({"t0"}), "isp-c": frozenset()}

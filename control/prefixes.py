@@ -162,3 +162,31 @@ class PrefixTable(Generic[V]):
         else:
             network = ipaddress.IPv6Network((network_int, length))
         return Match(network, values)
+
+
+#: Bounds on an ``X-Forwarded-For`` header worth parsing; a longer chain is an attack or a loop.
+MAX_FORWARDED_CHARS = 4096
+MAX_FORWARDED_HOPS = 32
+
+
+def client_address(peer: object, forwarded_for: str | None, trusted_proxies: PrefixTable[object] | None) -> IPAddress:
+    """The client's address: the socket peer, unless that peer is a trusted proxy.
+
+    Behind trusted proxies the ``X-Forwarded-For`` chain is read from the right (the hop nearest to
+    us) and the first address that is not itself a trusted proxy is the client.  Entries to the left
+    of it were written by the client and are never believed, so a client cannot steer itself into
+    another ISP's network by sending the header.
+    """
+    address = parse_ip(peer)
+    if trusted_proxies is None or trusted_proxies.lookup(address) is None or not forwarded_for:
+        return address
+    if not isinstance(forwarded_for, str) or len(forwarded_for) > MAX_FORWARDED_CHARS:
+        raise AddressError(f"X-Forwarded-For is longer than {MAX_FORWARDED_CHARS} characters")
+    hops = [h.strip() for h in forwarded_for.split(",")]
+    if len(hops) > MAX_FORWARDED_HOPS:
+        raise AddressError(f"X-Forwarded-For has {len(hops)} hops; at most {MAX_FORWARDED_HOPS} are accepted")
+    for hop in reversed(hops):
+        address = parse_ip(hop)
+        if trusted_proxies.lookup(address) is None:
+            return address
+    return address

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.prefixes import AddressError, PrefixError, PrefixTable, parse_ip, parse_prefix
+from control.prefixes import AddressError, PrefixError, PrefixTable, client_address, parse_ip, parse_prefix
 from shared.errors import InvalidInput
 
 
@@ -142,3 +142,23 @@ def test_bad_addresses_are_typed_errors(text: object, message: str) -> None:
 def test_oversized_tables_are_refused() -> None:
     with pytest.raises(PrefixError, match="more than 100"):
         PrefixTable(((f"10.0.{i // 256}.{i % 256}/32", 1) for i in range(101)), max_entries=100)
+
+
+def test_client_address_believes_forwarded_for_only_from_trusted_proxies() -> None:
+    trusted: PrefixTable[object] = PrefixTable([("10.0.0.0/8", "lb"), ("2001:db8:ffff::/48", "lb6")])
+    assert str(client_address("198.51.100.7", "203.0.113.9", trusted)) == "198.51.100.7"  # untrusted peer
+    assert str(client_address("10.0.0.5", "203.0.113.9", trusted)) == "203.0.113.9"
+    # A client-supplied entry left of the real client is ignored; trusted hops on the right are skipped.
+    assert str(client_address("10.0.0.5", "1.2.3.4, 203.0.113.9, 10.0.0.7", trusted)) == "203.0.113.9"
+    assert str(client_address("2001:db8:ffff::1", "::ffff:203.0.113.9", trusted)) == "203.0.113.9"
+    assert str(client_address("10.0.0.5", "10.0.0.6", trusted)) == "10.0.0.6"  # only proxies: the farthest
+    assert str(client_address("10.0.0.5", None, trusted)) == "10.0.0.5"
+    assert str(client_address("10.0.0.5", "203.0.113.9", None)) == "10.0.0.5"
+    with pytest.raises(AddressError):
+        client_address("10.0.0.5", "203.0.113.9, bogus", trusted)
+    with pytest.raises(AddressError, match="hops"):
+        client_address("10.0.0.5", ",".join(["10.0.0.1"] * 33), trusted)
+    with pytest.raises(AddressError, match="longer"):
+        client_address("10.0.0.5", "1" * 5000, trusted)
+    with pytest.raises(AddressError):
+        client_address("not-an-ip", None, trusted)

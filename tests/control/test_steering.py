@@ -189,11 +189,26 @@ def test_ranked_answers_satisfy_the_rules(data: st.DataObject) -> None:
     for verdict in decision.ranked:
         chosen = by_id[verdict.appliance_id]
         assert chosen in eligible
-    tiers = [list(Reason).index(v.reason) for v in decision.ranked]
-    assert tiers == sorted(tiers)
-    for a, b in zip(decision.ranked, decision.ranked[1:], strict=False):
-        if a.reason == b.reason:
-            assert (a.distance_km or 0) <= (b.distance_km or 0) + 0.1
+    # Reference: the rules written out plainly over every appliance.
+    ip = ipaddress.ip_address(client)
+    covering = [(ipaddress.ip_network(p).prefixlen, v) for v in appliances for p in v.prefixes
+                if ip in ipaddress.ip_network(p)]
+    longest = max((length for length, _ in covering), default=None)
+    owners = [v for length, v in covering if length == longest]
+    where = next((o.location for o in owners if o.location), None)
+    asns = {o.asn for o in owners} - {0}
+    sites = {o.site for o in owners}
+
+    def tier(v: ApplianceView) -> int:
+        return 0 if v in owners else 1 if v.asn in asns else 2 if v.site in sites else 3
+
+    def km(v: ApplianceView) -> float:
+        return round(great_circle_km(where, v.location), 3) if where and v.location else float("inf")
+
+    want = sorted((tier(v), km(v), v.load / v.load_threshold) for v in eligible)[:count]
+    got = [(list(Reason).index(r.reason), km(by_id[r.appliance_id]),
+            by_id[r.appliance_id].load / by_id[r.appliance_id].load_threshold) for r in decision.ranked]
+    assert [(t, d) for t, d, _ in got] == [(t, d) for t, d, _ in want]
 
 
 @pytest.mark.parametrize(

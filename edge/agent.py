@@ -30,6 +30,7 @@ from shared.messages import (
 )
 from shared.mqtt import Announcement, MqttSession
 
+from . import telemetry
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
 
@@ -133,9 +134,14 @@ class EdgeAgent:
     # -- telemetry ---------------------------------------------------------------------------------
     def telemetry_sample(self) -> Telemetry:
         self._telemetry_seq += 1
-        return Telemetry(seq=self._telemetry_seq, interval_s=self.config.telemetry.interval_s,
-                         counters={}, gauges={"draining": 1.0 if self.draining else 0.0,
+        return telemetry.sample(self.metrics.registry, self.metrics.demand, seq=self._telemetry_seq,
+                                interval_s=self.config.telemetry.interval_s,
+                                extra_gauges={"draining": 1.0 if self.draining else 0.0,
                                               "uptime_s": time.time() - self.started_at})
+
+    async def send_ack(self, ack: Ack) -> None:
+        """For components reporting on desired state (fills): never waits for a lost connection."""
+        await self.session.publish(topics.appliance_acks(self.appliance_id), ack, timeout=0)
 
     async def telemetry_loop(self) -> None:
         interval = self.config.telemetry.interval_s

@@ -1,21 +1,40 @@
-"""The edge daemon's aiohttp application: one context object, one cleanup_ctx entry per resource."""
+"""The edge daemon's aiohttp application: one context object, one cleanup_ctx entry per resource.
+
+The agent process owns MQTT, the fill agent and the SQLite index, and serves content too.  Serving
+workers (``http.workers``, see :mod:`edge.workers`) build only the serving half with
+:func:`build_worker_app`: they follow ``served.json`` and never open the index.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from shared import tokens
+from shared.envelope import Envelope
+from shared.errors import ConfigError, InvalidInput
+from shared.signing import parse_public_keys
 from shared.tasks import TaskGroup
 from shared.web import error_middleware, metrics_handler
 
-from .agent import EdgeAgent
+from .agent import DesiredHandler, EdgeAgent
+from .catalog import Catalog
 from .config import EdgeConfig
+from .fill import FillAgent, FillOptions
+from .memcache import MemoryCache
 from .metrics import EdgeMetrics
+from .serving import ContentServer, ServingOptions
+from .store import CacheStore
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 5.0
 
 
 @dataclass
@@ -23,6 +42,9 @@ class EdgeContext:
     config: EdgeConfig
     metrics: EdgeMetrics
     agent: EdgeAgent
+    server: ContentServer
+    store: CacheStore
+    fill: FillAgent
     tasks: TaskGroup = field(default_factory=lambda: TaskGroup("edge"))
 
 
@@ -35,18 +57,91 @@ def public_url(config: EdgeConfig, bound_port: int | None = None) -> str:
     return f"http://{config.http.host}:{bound_port or config.http.port}"
 
 
+def load_token_keys(config: EdgeConfig) -> tokens.TokenKeys | None:
+    path = config.security.token_keys_file
+    return tokens.TokenKeys.load(path) if path is not None else None
+
+
+def load_control_keys(config: EdgeConfig) -> dict[str, bytes]:
+    path = config.security.control_public_keys_file
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read control public keys: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: control public keys are not JSON") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise ConfigError(f"{path}: expected a JSON object {{key_id: base64 public key}}")
+    return parse_public_keys({str(k): v for k, v in doc.items()})
+
+
+def make_server(config: EdgeConfig, metrics: EdgeMetrics, catalog: Catalog, url: str, *,
+                follow_catalog_file: bool) -> ContentServer:
+    options = ServingOptions(load_token_keys(config), config.security.token_leeway_s, (url,),
+                             config.http.max_in_flight)
+    return ContentServer(config.cache.dir, catalog, MemoryCache(config.cache.memory_bytes), metrics, options,
+                         follow_catalog_file=follow_catalog_file)
+
+
 def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Application:
     metrics = EdgeMetrics()
     metrics.disk_capacity.set(config.cache.capacity_bytes)
-    agent = EdgeAgent(config, metrics, public_url(config, bound_port))
-    ctx = EdgeContext(config, metrics, agent)
+    url = public_url(config, bound_port)
+    agent = EdgeAgent(config, metrics, url)
+    catalog = Catalog(config.cache.dir)
+    store = CacheStore(config.cache.dir, config.cache.capacity_bytes, catalog)
+    server = make_server(config, metrics, catalog, url, follow_catalog_file=False)
+    server.on_hit = store.record_hit
+    f = config.fill
+    fill = FillAgent(store, metrics, FillOptions(concurrency=f.concurrency, rate_limit_bps=f.rate_limit_bps,
+                                                 window=f.window, max_manifest_bytes=f.max_manifest_bytes,
+                                                 retry_s=f.retry_s,
+                                                 eviction_half_life_s=config.cache.eviction_half_life_s),
+                     load_control_keys(config), agent.send_ack)
+    agent.desired_handlers["fill"] = _fill_handler(fill, fill.public_keys)
+    ctx = EdgeContext(config, metrics, agent, server, store, fill)
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[CTX] = ctx
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_fill)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
+    server.add_routes(app)
     return app
+
+
+def _fill_handler(fill: FillAgent, keys: Mapping[str, bytes]) -> DesiredHandler:
+    async def apply(env: Envelope[Any]) -> None:
+        if not keys:
+            raise InvalidInput("no control public keys configured (security.control_public_keys_file): "
+                               "file-set manifests cannot be verified")
+        await fill.apply(env)
+
+    return apply
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    await ctx.store.open()
+    done = await ctx.store.recover()
+    if any(done.values()):
+        log.warning("cache recovery: %s", done)
+    ctx.metrics.disk_used.set(await ctx.store.used_bytes())
+    yield
+    await ctx.store.close()
+
+
+async def _fill(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    await ctx.fill.start()
+    ctx.tasks.spawn(ctx.fill.run(), name="fill")
+    yield
+    await ctx.tasks.aclose()
+    await ctx.fill.stop()
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
@@ -61,8 +156,18 @@ async def _mqtt(app: web.Application) -> AsyncIterator[None]:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX]
     ctx.tasks.spawn(ctx.agent.telemetry_loop(), name="telemetry")
+    ctx.tasks.spawn(_housekeeping(ctx), name="housekeeping")
     yield
-    await ctx.tasks.aclose()
+
+
+async def _housekeeping(ctx: EdgeContext) -> None:
+    """Hits to the index (for eviction) and disk gauges, off the request path."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_S)
+        await ctx.store.flush_hits()
+        ctx.metrics.disk_used.set(await ctx.store.used_bytes())
+        for state, n in (await ctx.store.count_by_state()).items():
+            ctx.metrics.file_sets.labels(state).set(n)
 
 
 async def healthz(request: web.Request) -> web.Response:

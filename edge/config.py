@@ -35,18 +35,42 @@ class HttpSettings:
     public_url: str = setting("", "Base URL clients use to reach this appliance; derived from host:port if empty.")
     shutdown_timeout_s: float = setting(10.0, "On SIGTERM, how long in-flight responses may take to finish.",
                                         check=non_negative)
+    workers: int = setting(0, "Extra serving processes sharing the port (SO_REUSEPORT); 0 serves from the "
+                              "agent process alone. Workers only serve complete, verified file sets.",
+                           check=non_negative)
+    max_in_flight: int = setting(0, "Content requests in progress beyond which new ones are redirected "
+                                    "elsewhere as health misses (0: no limit).", check=non_negative)
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     dir: Path = setting(Path("/var/cache/nearcast"), "Where cached file sets live.")
     capacity_bytes: int = setting(100 * 1024**3, "Disk budget for cached content.", check=positive)
+    memory_bytes: int = setting(64 * 1024**2, "Memory for manifests and init segments, per serving process.",
+                                check=non_negative)
+    eviction_half_life_s: float = setting(3600.0, "How much popularity extends a set's life beyond the plan: "
+                                                  "each doubling of hits counts as this many seconds of recency.",
+                                          check=non_negative)
 
 
 @dataclass(frozen=True)
 class SecuritySettings:
     token_keys_file: Path | None = setting(None, "JSON file of URL-token HMAC keys (from enrollment).")
     token_leeway_s: float = setting(30.0, "Clock skew tolerated when checking token expiry.", check=non_negative)
+    control_public_keys_file: Path | None = setting(
+        None, "JSON file {key_id: base64 raw Ed25519 public key} of the control plane, to verify file-set "
+              "manifests. Without it no fill is accepted.")
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    concurrency: int = setting(4, "Files fetched at the same time.", check=positive)
+    rate_limit_bps: int = setting(0, "Fill bandwidth cap in bits per second when the desired state sets none "
+                                     "(0: unlimited).", check=non_negative)
+    window: str = setting("", "Local hours fills run, HH:MM-HH:MM (may wrap midnight) when the desired state "
+                              "sets none; empty: any time.")
+    retry_s: float = setting(30.0, "After a failed fill, how long before the plan is tried again.", check=positive)
+    max_manifest_bytes: int = setting(8 * 1024**2, "Largest file-set manifest accepted.", check=positive)
 
 
 @dataclass(frozen=True)
@@ -66,5 +90,6 @@ class EdgeConfig:
     cache: CacheSettings = section(CacheSettings, "The on-disk segment cache.")
     mqtt: MqttSettings = section(MqttSettings, "Connection to the MQTT broker.")
     security: SecuritySettings = section(SecuritySettings, "URL tokens and artifact verification.")
+    fill: FillSettings = section(FillSettings, "Fetching file sets from peers and the origin.")
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry sent over MQTT.")
     control: ControlSettings = section(ControlSettings, "Where the control plane is.")

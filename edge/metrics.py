@@ -1,22 +1,89 @@
-"""The edge's Prometheus metrics, on a registry owned by the daemon (no global state)."""
+"""The edge's Prometheus metrics, on a registry owned by the daemon (no global state).
+
+Per-title demand is not a Prometheus label (titles are unbounded); it is tallied in
+:class:`DemandTally` and shipped to the control plane in telemetry, which is where popularity lives.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.mqtt import MqttMetrics
 
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_TITLES = 10_000
+
+
+class DemandTally:
+    """Requests and bytes per title since the last telemetry sample (bounded in titles)."""
+
+    def __init__(self, max_titles: int = MAX_TITLES) -> None:
+        self.max_titles = max_titles
+        self.titles: dict[str, list[int]] = {}
+        self.overflow = 0
+
+    def add(self, title_id: str, nbytes: int) -> None:
+        row = self.titles.get(title_id)
+        if row is None:
+            if len(self.titles) >= self.max_titles:
+                self.overflow += 1
+                return
+            row = self.titles[title_id] = [0, 0]
+        row[0] += 1
+        row[1] += nbytes
+
+    def take(self) -> dict[str, tuple[int, int]]:
+        out = {k: (v[0], v[1]) for k, v in self.titles.items()}
+        self.titles = {}
+        return out
+
 
 class EdgeMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.mqtt = MqttMetrics(self.registry)
-        self.up = Gauge("nearcast_edge_up", "1 while the edge daemon runs", registry=self.registry)
-        self.draining = Gauge("nearcast_edge_draining", "1 while the operator drains this appliance",
-                              registry=self.registry)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.mqtt = MqttMetrics(r)
+        self.up = Gauge("nearcast_edge_up", "1 while the edge daemon runs", registry=r)
+        self.draining = Gauge("nearcast_edge_draining", "1 while the operator drains this appliance", registry=r)
         self.commands = Counter("nearcast_edge_commands_total", "Commands handled, by type and outcome",
-                                ["type", "result"], registry=self.registry)
+                                ["type", "result"], registry=r)
         self.telemetry_sent = Counter("nearcast_edge_telemetry_messages_total",
-                                      "Telemetry messages published", registry=self.registry)
+                                      "Telemetry messages published", registry=r)
         self.disk_capacity = Gauge("nearcast_edge_cache_capacity_bytes", "Configured cache disk budget",
-                                   registry=self.registry)
+                                   registry=r)
+        self.disk_used = Gauge("nearcast_edge_cache_used_bytes",
+                               "Bytes held or reserved by file sets in the cache", registry=r)
+        self.file_sets = Gauge("nearcast_edge_cache_file_sets", "File sets in the cache, by state", ["state"],
+                               registry=r)
+        # serving
+        self.requests = Counter("nearcast_edge_http_requests_total", "Content requests, by status and kind",
+                                ["status", "kind"], registry=r)
+        self.bytes_sent = Counter("nearcast_edge_http_response_bytes_total", "Body bytes sent, by status and kind",
+                                  ["status", "kind"], registry=r)
+        self.latency = Histogram("nearcast_edge_http_request_duration_seconds",
+                                 "Time to serve a content request, body included", ["kind"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.hits = Counter("nearcast_edge_cache_hits_total", "Requests served from this appliance, by where",
+                            ["where"], registry=r)
+        self.misses = Counter("nearcast_edge_cache_misses_total",
+                              "Requests this appliance could not serve, by cause (content or health)", ["cause"],
+                              registry=r)
+        self.refused = Counter("nearcast_edge_http_refused_total", "Requests refused, by reason", ["reason"],
+                               registry=r)
+        self.in_flight = Gauge("nearcast_edge_http_in_flight_requests", "Content requests being served",
+                               registry=r)
+        self.connections = Gauge("nearcast_edge_http_connections", "Open client connections", registry=r)
+        self.memory_cache_bytes = Gauge("nearcast_edge_memory_cache_bytes",
+                                        "Bytes of manifests and init segments held in memory", registry=r)
+        # fill
+        self.fill_bytes = Counter("nearcast_edge_fill_bytes_total", "Bytes downloaded by fills, by source kind",
+                                  ["source"], registry=r)
+        self.fill_files = Counter("nearcast_edge_fill_files_total", "Files fetched by fills, by result",
+                                  ["result"], registry=r)
+        self.fill_queue = Gauge("nearcast_edge_fill_queue_bytes", "Bytes still to fetch for the current plan",
+                                registry=r)
+        self.fill_sets = Counter("nearcast_edge_fill_file_sets_total", "File sets filled, by result", ["result"],
+                                 registry=r)
+        self.evictions = Counter("nearcast_edge_evictions_total", "File sets evicted, by reason", ["reason"],
+                                 registry=r)
+        self.demand = DemandTally()

@@ -20,6 +20,7 @@ from shared.errors import NearcastError
 from shared.logs import setup_logging
 
 from . import __version__
+from .abr.cli import client as client_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +30,7 @@ def cli() -> None:
 
 
 cli.add_command(edge_group)
+cli.add_command(client_group)
 cli.add_command(control_group)
 for _group in OPERATOR_GROUPS:
     cli.add_command(_group)

@@ -8,9 +8,12 @@ keyframes are forced only at segment starts); :mod:`control.encode.package` join
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 import av
 from av.video.frame import PictureType
@@ -23,6 +26,7 @@ from .spec import Codec, VideoRung
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets+cmaf"
 AUDIO_RATE = 48000
 AUDIO_BITRATE = 128_000
+T = TypeVar("T")
 _SVT_PRESETS = {"ultrafast": 10, "superfast": 9, "veryfast": 8, "faster": 8, "fast": 7, "medium": 6, "slow": 4}
 
 
@@ -81,7 +85,7 @@ def chunk_path(out_dir: str, rung: VideoRung, index: int) -> str:
 
 
 def cfr_frames(
-    container: av.container.InputContainer, start_time: float, fps: Fraction, first: int, end: int
+    container: av.container.InputContainer, start_time: float, fps: Fraction, first: int, end: int, threads: int = 0
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Output frames ``first..end-1`` of a constant-rate version of the video.
 
@@ -91,6 +95,7 @@ def cfr_frames(
     vs = container.streams.video[0]
     if not vs.codec_context.is_open:
         vs.thread_type = "AUTO"
+        vs.codec_context.thread_count = threads
     half = 0.5 / float(fps)
     if first > 0 and vs.time_base:
         target = start_time + float(first / fps) - 2 * half
@@ -137,10 +142,17 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
                 paths[rung.id] = path
             count = 0
             frame_tb = 1 / job.fps
-            for n, frame in cfr_frames(src, job.start_time, job.fps, job.start_frame, job.end_frame):
-                for _rung, out, stream, scaler in outs:
-                    scaled = scaler.reformat(frame, width=_rung.width, height=_rung.height, format="yuv420p",
-                                             interpolation=Interpolation.BICUBIC)
+
+            def scaled_frames() -> Iterator[tuple[int, list[av.VideoFrame]]]:
+                for n, frame in cfr_frames(src, job.start_time, job.fps, job.start_frame, job.end_frame, job.threads):
+                    yield n, [scaler.reformat(frame, width=r.width, height=r.height, format="yuv420p",
+                                              interpolation=Interpolation.BICUBIC, threads=job.threads)
+                              for r, _, _, scaler in outs]
+
+            # Decode and scale in a second thread while this one encodes: FFmpeg releases the GIL,
+            # so the stages overlap the way the ffmpeg CLI's threaded pipeline does.
+            for n, frames in prefetch(scaled_frames(), depth=4):
+                for (_rung, out, stream, _), scaled in zip(outs, frames, strict=True):
                     scaled.pts = n
                     # Not stream.time_base: the muxer changes that to its own clock on the first packet.
                     scaled.time_base = frame_tb
@@ -163,6 +175,48 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
             except av.error.FFmpegError:
                 pass
     return paths
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run ``items`` in a helper thread, at most ``depth`` ahead; its exceptions surface here."""
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+
+    worker = threading.Thread(target=produce, name="decode-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
 
 
 @dataclass(frozen=True)

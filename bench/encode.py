@@ -1,0 +1,126 @@
+"""Encoding benchmark: PyAV against the ffmpeg CLI, and chunk-parallel against sequential.
+
+1. The same master, rendition and settings (libx264, preset, ABR with VBV cap, forced IDR at
+   segment starts, fragmented MP4, no audio) encoded by our PyAV worker and by the ``ffmpeg``
+   CLI (Debian's), alternating, best of ``--repeat``.  Prints ffmpeg_time / pyav_time: 1.0 means
+   PyAV is as fast, the goal is >= 0.95.
+2. The whole fixed-ladder ingest (all rungs, audio, packaging, publication; no artwork) with
+   chunk-parallel workers against one worker with single-threaded encoders (the sequential
+   reference) and one worker with threaded encoders.  Prints parallel / sequential wall time:
+   the goal on 2 cores is <= 0.6.
+
+    .venv/bin/python bench/encode.py [--seconds 12] [--width 1280 --height 720] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from control.encode.chunks import frame_count, segment_starts
+from control.encode.encoder import MOVFLAGS, ChunkJob, encode_chunk, encoder_settings
+from control.encode.pipeline import ingest
+from control.encode.probe import probe
+from control.encode.spec import IngestSpec, VideoRung
+from control.encode.synth import make_master
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def pyav_encode(master: Path, out_dir: Path, rung: VideoRung, fps: Fraction, n: int, starts: tuple[int, ...],
+                gop: int, preset: str) -> tuple[float, float]:
+    job = ChunkJob(str(master), 0.0, fps, 0, n, starts, gop, (rung,), str(out_dir), 0, preset, threads=0)
+    t0, c0 = time.perf_counter(), _cpu()
+    encode_chunk(job)
+    return time.perf_counter() - t0, _cpu() - c0
+
+
+def ffmpeg_encode(
+    ffmpeg: str, master: Path, out: Path, rung: VideoRung, seg: float, gop: int, preset: str
+) -> tuple[float, float]:
+    _, opts = encoder_settings("h264", rung, gop, preset, 0)
+    cmd = [
+        ffmpeg, "-y", "-v", "error", "-i", str(master), "-an",
+        "-vf", f"scale={rung.width}:{rung.height}:flags=bicubic", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", opts["preset"], "-profile:v", opts["profile"],
+        "-b:v", str(rung.bitrate), "-maxrate", opts["maxrate"], "-bufsize", opts["bufsize"],
+        "-x264-params", opts["x264-params"], "-forced-idr", "1", "-threads", "0",
+        "-force_key_frames", f"expr:gte(t,n_forced*{seg})",
+        "-movflags", MOVFLAGS, "-f", "mp4", str(out),
+    ]
+    t0, c0 = time.perf_counter(), _cpu()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0, _cpu() - c0
+
+
+def ladder_time(master: Path, root: Path, name: str, workers: int, threads: int, seg: float) -> tuple[float, float]:
+    spec = IngestSpec(title_id=name, name=name, ladder="fixed", segment_seconds=seg, workers=workers,
+                      encoder_threads=threads, artwork_candidates=0)
+    t0, c0 = time.perf_counter(), _cpu()
+    ingest(master, root / "origin", root / "keys", spec)
+    return time.perf_counter() - t0, _cpu() - c0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--segment", type=float, default=2.0)
+    ap.add_argument("--preset", default="veryfast")
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        print("ffmpeg CLI not found: apt-get install ffmpeg", file=sys.stderr)
+        return 2
+    print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (others' work skews times)")
+    with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        master = make_master(root / "master.mp4", seconds=args.seconds, width=args.width, height=args.height,
+                             noise=3.0)
+        print(f"master: {args.width}x{args.height} {args.seconds:g} s generated in {time.perf_counter() - t0:.1f} s")
+        info = probe(master)
+        fps = info.fps
+        n = frame_count(info.duration, fps)
+        starts = segment_starts(n, fps, args.segment)
+        gop = 2 * round(args.segment * fps) + 1
+        rung = VideoRung("h264", args.width // 2 // 2 * 2, args.height // 2 // 2 * 2, 1_200_000)
+        py_times, ff_times = [], []
+        for i in range(args.repeat):
+            d = root / f"py{i}"
+            d.mkdir()
+            py_times.append(pyav_encode(master, d, rung, fps, n, starts, gop, args.preset))
+            ff_times.append(ffmpeg_encode(ffmpeg, master, root / f"ff{i}.mp4", rung, args.segment, gop, args.preset))
+        (py, py_cpu), (ff, ff_cpu) = min(py_times), min(ff_times)
+        print(f"single rendition {rung.width}x{rung.height} @ {rung.bitrate // 1000} kb/s, {n} frames, "
+              f"best of {args.repeat}:")
+        print(f"  pyav   {py:6.2f} s   ({n / py:6.1f} fps, {py_cpu:6.2f} CPU s)")
+        print(f"  ffmpeg {ff:6.2f} s   ({n / ff:6.1f} fps, {ff_cpu:6.2f} CPU s)")
+        print(f"  speed ratio ffmpeg_time/pyav_time = {ff / py:.3f}   (goal >= 0.95)")
+        cpus = os.cpu_count() or 1
+        par, par_cpu = ladder_time(master, root, "par", cpus, 1, args.segment)
+        seq, seq_cpu = ladder_time(master, root, "seq", 1, 1, args.segment)
+        seq_thr, thr_cpu = ladder_time(master, root, "seqthr", 1, cpus, args.segment)
+        print(f"fixed-ladder ingest (all rungs + audio + packaging), {cpus} CPUs:")
+        print(f"  chunk-parallel ({cpus} workers x 1 thread)  {par:6.2f} s  {par_cpu:6.2f} CPU s")
+        print(f"  sequential (1 worker x 1 thread)          {seq:6.2f} s  {seq_cpu:6.2f} CPU s")
+        print(f"  sequential (1 worker x {cpus} threads)         {seq_thr:6.2f} s  {thr_cpu:6.2f} CPU s")
+        print(f"  ratio parallel/sequential = {par / seq:.3f}   (goal <= 0.6)")
+        print(f"  ratio parallel/threaded-sequential = {par / seq_thr:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

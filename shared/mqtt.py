@@ -70,9 +70,25 @@ class MqttSettings:
         if not self.tls:
             return None
         ctx = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+        ctx.sslsocket_class = _ClosingSSLSocket
         if self.tls_cert_file:
             ctx.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
         return ctx
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the TLS handshake fails.
+
+    paho-mqtt drops the socket without closing it when ``do_handshake`` raises, so a client retrying
+    against a broker it cannot verify would leak one socket per attempt until garbage collection.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 class MqttMetrics:

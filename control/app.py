@@ -1,122 +1,158 @@
-"""The control plane's aiohttp application: context object, cleanup_ctx per resource, routes."""
+"""The control plane's aiohttp application: context object, one cleanup_ctx entry per resource, routes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from shared import topics
-from shared.envelope import Envelope
-from shared.errors import InvalidInput, NotFound
-from shared.messages import REGISTRY, ApplianceStatus, ControlStatus, Ping, SetDraining, Telemetry
+from shared.messages import REGISTRY, ControlStatus
 from shared.mqtt import Announcement, MqttSession
-from shared.tasks import TaskGroup
+from shared.signing import Signer
+from shared.tokens import TokenKeys
 from shared.web import error_middleware, metrics_handler
 
-from .auth import TokenStore, auth_middleware
+from . import api_content, api_ops, api_play, handlers, openapi
+from .auth import TokenEntry, TokenStore, auth_middleware, token_hash
 from .config import ControlConfig
+from .context import CTX, ControlContext
+from .fill_runner import fill_loop
 from .fleet import Fleet
+from .ingest import IngestMetrics, TelemetryIngest
 from .metrics import ControlMetrics
+from .planner import PlannerConfig
+from .play import trusted_networks
+from .popularity import DemandModel, PopularityConfig
+from .registry import RegistryView
+from .steering import GeoLocator, MmdbLocator
+from .store import OperatorToken
+from .store_sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-control/0.1"
-
-
-@dataclass
-class ControlContext:
-    config: ControlConfig
-    metrics: ControlMetrics
-    session: MqttSession
-    fleet: Fleet
-    tokens: TokenStore
-    api_url: str
-    tasks: TaskGroup = field(default_factory=lambda: TaskGroup("control"))
-
-
-CTX = web.AppKey("control", ControlContext)
+PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/")
+PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+__all__ = ["CTX", "SOFTWARE", "ControlContext", "build_app"]
+
 
 def _is_public(request: web.Request) -> bool:
-    return not request.path.startswith("/v1/") or request.path == "/v1/openapi.json"
+    path = request.path
+    return not path.startswith("/v1/") or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _token_keys(config: ControlConfig) -> TokenKeys:
+    path = config.token_keys_path
+    if path.exists():
+        return TokenKeys.load(path)
+    keys = TokenKeys.generate()
+    keys.save(path)
+    return keys
+
+
+def _locator(config: ControlConfig) -> GeoLocator | None:
+    if config.steering.geoip_db is None:
+        return None
+    import maxminddb
+
+    return MmdbLocator(maxminddb.open_database(str(config.steering.geoip_db)))
 
 
 def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Application:
     metrics = ControlMetrics()
-    url = api_url or config.http.public_url or f"http://{config.http.host}:{config.http.port}"
+    url = (api_url or config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
     session = MqttSession(
         config.mqtt, client_id=topics.CONTROL_ID, registry=REGISTRY, metrics=metrics.mqtt,
         birth=Announcement(topics.control_status(), ControlStatus("online", url, SOFTWARE)),
         will=Announcement(topics.control_status(), ControlStatus("offline", url, SOFTWARE)),
     )
-    ctx = ControlContext(config, metrics, session, Fleet(config.fleet.heartbeat_ttl_s),
-                         TokenStore.load(config.tokens_path), url)
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware(lambda: ctx.tokens, _is_public)],
-        client_max_size=config.http.max_body_bytes,
-    )
+    fleet = Fleet(config.fleet.heartbeat_ttl_s)
+    store = SqliteStore(config.db_path)
+    registry = RegistryView(fleet, refresh_s=config.steering.refresh_s)
+    f = config.fill
+    demand = DemandModel(PopularityConfig(half_life_s=f.half_life_s, release_boost=f.release_boost))
+    t = config.telemetry
+    ingest = TelemetryIngest(store, registry, demand, IngestMetrics(metrics.registry), batch_max=t.batch_max,
+                             flush_interval_s=t.flush_interval_s, queue_max=t.queue_max)
+    config.state.dir.mkdir(parents=True, exist_ok=True)
+    ctx = ControlContext(
+        config, metrics, session, fleet, store, registry, demand, ingest, _token_keys(config),
+        Signer.load_or_create(config.signing_key_path),
+        PlannerConfig(min_copies=f.min_copies, extra_copy_weight=f.extra_copy_weight, hysteresis=f.hysteresis,
+                      reserve_fraction=f.reserve_fraction),
+        trusted_networks(config.http.trusted_proxies), url, _locator(config))
+
+    async def check(token: str) -> TokenEntry | None:
+        found = await store.find_token(token_hash(token))
+        return TokenEntry(found.name, found.sha256, found.role) if found else None
+
+    app = web.Application(middlewares=[error_middleware, auth_middleware(check, _is_public)],
+                          client_max_size=config.http.max_body_bytes)
     app[CTX] = ctx
-    session.subscribe(topics.ALL_STATUS, _status_handler(ctx))
-    session.subscribe(topics.ALL_TELEMETRY, _telemetry_handler(ctx))
-    session.subscribe(topics.ALL_ACKS, _ack_handler(ctx))
+    session.subscribe(topics.ALL_STATUS, handlers.status_handler(ctx))
+    session.subscribe(topics.ALL_TELEMETRY, handlers.telemetry_handler(ctx))
+    session.subscribe(topics.ALL_ACKS, handlers.ack_handler(ctx))
+    app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_mqtt)
+    app.cleanup_ctx.append(_background)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", _metrics(ctx))
-    app.router.add_get("/v1/appliances", list_appliances)
-    app.router.add_get("/v1/appliances/{id}", show_appliance)
-    app.router.add_post("/v1/appliances/{id}/ping", ping_appliance)
-    app.router.add_post("/v1/appliances/{id}/drain", drain_appliance)
-    app.router.add_post("/v1/appliances/{id}/undrain", drain_appliance)
+    app.router.add_get("/v1/openapi.json", openapi_json)
+    api_ops.add_routes(app)
+    api_play.add_routes(app)
+    api_content.add_routes(app)
     return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    await ctx.store.open()
+    bootstrap = TokenStore.load(ctx.config.tokens_path)
+    now = time.time()
+    added = await ctx.store.import_tokens([OperatorToken(e.name, e.sha256, e.role, now) for e in bootstrap.entries()])
+    if added:
+        log.info("imported %d operator token(s) from %s", added, ctx.config.tokens_path)
+    await ctx.registry.reload(ctx.store)
+    await api_ops.sync_broker_files(ctx)
+    yield
+    await ctx.store.close()
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX]
     await ctx.session.start()
     yield
-    await ctx.tasks.aclose()
     await ctx.session.stop()
 
 
-def _appliance_id(topic: str) -> str:
-    return topics.parse(topic).appliance_id
+async def _prune_loop(ctx: ControlContext) -> None:
+    t = ctx.config.telemetry
+    while True:
+        try:
+            removed = await ctx.store.prune_telemetry(time.time(), raw_s=t.raw_retention_s,
+                                                      minute_s=t.minute_retention_s, hour_s=t.hour_retention_s)
+            if removed:
+                log.info("telemetry retention removed %d rows", removed)
+        except Exception:
+            log.exception("telemetry pruning failed")
+        await asyncio.sleep(600)
 
 
-def _status_handler(ctx: ControlContext) -> Callable[[Envelope[Any], str], Awaitable[None]]:
-    async def handle(env: Envelope[Any], topic: str) -> None:
-        aid = _appliance_id(topic)
-        if not isinstance(env.body, ApplianceStatus):
-            raise InvalidInput(f"{env.type} on a status topic")
-        if env.sender != aid:
-            raise InvalidInput(f"status for {aid} sent by {env.sender}")
-        ctx.fleet.on_status(aid, env.body, env.ts)
-        log.info("appliance %s is %s", aid, env.body.state)
-
-    return handle
-
-
-def _telemetry_handler(ctx: ControlContext) -> Callable[[Envelope[Any], str], Awaitable[None]]:
-    async def handle(env: Envelope[Any], topic: str) -> None:
-        aid = _appliance_id(topic)
-        if not isinstance(env.body, Telemetry) or env.sender != aid:
-            raise InvalidInput(f"bad telemetry on {topic}")
-        ctx.fleet.on_telemetry(aid, env.body)
-
-    return handle
-
-
-def _ack_handler(ctx: ControlContext) -> Callable[[Envelope[Any], str], Awaitable[None]]:
-    async def handle(env: Envelope[Any], topic: str) -> None:
-        log.info("ack from %s: %s", _appliance_id(topic), env.body)
-
-    return handle
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    ctx.tasks.spawn(ctx.ingest.run(), name="telemetry-ingest")
+    ctx.tasks.spawn(_prune_loop(ctx), name="telemetry-prune")
+    if ctx.config.fill.interval_s > 0:
+        ctx.tasks.spawn(fill_loop(ctx), name="fill-plan")
+    yield
+    await ctx.tasks.aclose()
 
 
 def _metrics(ctx: ControlContext) -> Handler:
@@ -141,37 +177,5 @@ async def healthz(request: web.Request) -> web.Response:
                               else "disconnected"})
 
 
-def _appliance_json(ctx: ControlContext, aid: str) -> dict[str, Any]:
-    a = ctx.fleet.get(aid)
-    if a is None:
-        raise NotFound(f"no appliance {aid!r}")
-    now = time.time()
-    return {"id": a.id, "state": a.effective_state(now, ctx.fleet.ttl_s), "http_url": a.http_url,
-            "software": a.software, "last_seen_s_ago": round(now - a.last_seen, 1) if a.last_seen else None}
-
-
-async def list_appliances(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    return web.json_response({"appliances": [_appliance_json(ctx, a.id) for a in ctx.fleet.snapshot()]})
-
-
-async def show_appliance(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    return web.json_response(_appliance_json(ctx, request.match_info["id"]))
-
-
-async def ping_appliance(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    aid = request.match_info["id"]
-    _appliance_json(ctx, aid)
-    msg_id = await ctx.session.publish(topics.appliance_commands(aid), Ping("operator ping"))
-    return web.json_response({"command_id": msg_id}, status=202)
-
-
-async def drain_appliance(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    aid = request.match_info["id"]
-    _appliance_json(ctx, aid)
-    draining = request.path.endswith("/drain")
-    msg_id = await ctx.session.publish(topics.appliance_commands(aid), SetDraining(draining))
-    return web.json_response({"command_id": msg_id, "draining": draining}, status=202)
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(request.app[CTX].api_url))

@@ -2,6 +2,10 @@
 
 Roles: ``read`` may call every GET under ``/v1/``; ``admin`` may also write.  Tokens are random
 (256 bits), so a plain SHA-256 is the right storage (no password-style stretching is needed).
+
+The store holds the tokens.  :class:`TokenStore` is the bootstrap file (``operator-tokens.json``)
+that ``nearcast demo`` and installers write before the control plane first starts; its entries are
+imported into the store at startup, so the first admin never needs a token to create a token.
 """
 
 from __future__ import annotations
@@ -86,21 +90,27 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def entries(self) -> list[TokenEntry]:
+        return list(self._by_hash.values())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def auth_middleware(store: Callable[[], TokenStore], public: Callable[[web.Request], bool]) -> Middleware:
+Checker = Callable[[str], Awaitable[TokenEntry | None]]
+
+
+def auth_middleware(check: Checker, public: Callable[[web.Request], bool]) -> Middleware:
+    """Bearer tokens on everything not ``public``; only ``admin`` may use anything but GET/HEAD/OPTIONS."""
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if public(request):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token or len(token) > 256:
             raise Unauthorized("missing operator token (Authorization: Bearer ...)")
-        entry = store().check(token.strip())
+        entry = await check(token.strip())
         if entry is None:
             raise Unauthorized("invalid operator token")
         if request.method not in ("GET", "HEAD", "OPTIONS") and entry.role != "admin":

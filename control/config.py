@@ -40,13 +40,98 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    token_keys_file: Path | None = setting(None, "JSON file of URL-token HMAC keys shared with appliances; "
+                                           "defaults to <state dir>/token-keys.json (created if missing).")
+    signing_key_file: Path | None = setting(None, "Ed25519 key signing file-set manifests; defaults to "
+                                            "<state dir>/signing-key.pem (created if missing).")
+    play_token_ttl_s: float = setting(6 * 3600.0, "Lifetime of the signed manifest URLs /v1/play hands out.",
+                                      check=positive)
+    fill_token_ttl_s: float = setting(2 * 86400.0, "Lifetime of the tokens in fill source URLs.", check=positive)
+    enrollment_ttl_s: float = setting(86400.0, "Default lifetime of a one-time enrollment token.", check=positive)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    public_host: str = setting("", "Broker host handed to enrolling appliances; mqtt.host if empty.")
+    public_port: int = setting(0, "Broker port handed to enrolling appliances; mqtt.port if 0.", check=port_check)
+    files_dir: Path | None = setting(None, "Where the Mosquitto passwd and acl files are written; "
+                                     "defaults to <state dir>/mosquitto.")
+    control_username: str = setting("control", "The control plane's MQTT identity in the generated ACL.")
+
+
+@dataclass(frozen=True)
+class SteeringSettings:
+    answers: int = setting(3, "Appliances in a /v1/play answer unless the client asks for another count.",
+                           check=positive)
+    geoip_db: Path | None = setting(None, "MaxMind-format (.mmdb) database locating clients; without one the "
+                                    "matched prefix's site stands in for the client.")
+    refresh_s: float = setting(2.0, "Steering snapshot age limit: load changes are seen within this.",
+                               check=positive)
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    batch_max: int = setting(2000, "Telemetry samples written in one transaction at most.", check=positive)
+    flush_interval_s: float = setting(0.2, "Longest a received sample waits before it is written.",
+                                      check=positive)
+    queue_max: int = setting(100_000, "Samples buffered for writing; beyond this they are dropped and counted.",
+                             check=positive)
+    raw_retention_s: float = setting(2 * 86400.0, "How long raw samples are kept.", check=positive)
+    minute_retention_s: float = setting(14 * 86400.0, "How long 1-minute rollups are kept.", check=positive)
+    hour_retention_s: float = setting(400 * 86400.0, "How long 1-hour rollups and title demand are kept.",
+                                      check=positive)
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    interval_s: float = setting(900.0, "Seconds between automatic fill plans (0: only on operator request).",
+                                check=non_negative)
+    min_copies: int = setting(2, "Complete copies a title needs in a region to be live.", check=positive)
+    extra_copy_weight: float = setting(0.25, "Worth of a copy beyond min_copies relative to the first.",
+                                       check=non_negative)
+    hysteresis: float = setting(0.1, "Held content is displaced only by content worth this fraction more.",
+                                check=non_negative)
+    reserve_fraction: float = setting(0.05, "Share of each appliance's disk never planned.", check=non_negative)
+    half_life_s: float = setting(86400.0, "Demand this old counts half as much.", check=positive)
+    release_boost: float = setting(1.0, "A new release is forecast at this multiple of the region's 10th title.",
+                                   check=non_negative)
+    rate_limit_bps: int = setting(0, "Fill rate limit handed to appliances (0: none).", check=non_negative)
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     http: HttpSettings = section(HttpSettings, "The operator and client API.")
     state: StateSettings = section(StateSettings, "Where the control plane keeps its state.")
     mqtt: MqttSettings = section(MqttSettings, "Connection to the MQTT broker.")
     auth: AuthSettings = section(AuthSettings, "Operator authentication.")
     fleet: FleetSettings = section(FleetSettings, "Appliance liveness.")
+    security: SecuritySettings = section(SecuritySettings, "URL tokens, manifest signing, enrollment.")
+    broker: BrokerSettings = section(BrokerSettings, "What enrolling appliances are told about the broker.")
+    steering: SteeringSettings = section(SteeringSettings, "Choosing appliances for /v1/play.")
+    telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry ingest and retention.")
+    fill: FillSettings = section(FillSettings, "Popularity forecast and fill planning.")
 
     @property
     def tokens_path(self) -> Path:
         return self.auth.tokens_file or self.state.dir / "operator-tokens.json"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state.dir / "control.db"
+
+    @property
+    def token_keys_path(self) -> Path:
+        return self.security.token_keys_file or self.state.dir / "token-keys.json"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.security.signing_key_file or self.state.dir / "signing-key.pem"
+
+    @property
+    def broker_files_dir(self) -> Path:
+        return self.broker.files_dir or self.state.dir / "mosquitto"
+
+    @property
+    def origin_dir(self) -> Path:
+        return self.state.dir / "origin"

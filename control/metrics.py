@@ -15,3 +15,5 @@ class ControlMetrics:
                                 ["state"], registry=self.registry)
         self.api_requests = Counter("nearcast_control_api_requests_total", "API requests by route and status",
                                     ["route", "status"], registry=self.registry)
+        self.plays = Counter("nearcast_control_play_requests_total", "Play requests by outcome", ["result"],
+                             registry=self.registry)

@@ -1,0 +1,84 @@
+"""``GET /v1/play/{title_id}`` for players and ``GET /v1/steer`` for operators: one decision, two views."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import InvalidInput
+from shared.ids import check_id
+
+from . import play
+from .context import CTX, ControlContext
+from .steering import MAX_ANSWERS, SteeringDecision, Verdict
+
+
+def _count(request: web.Request, default: int) -> int:
+    raw = request.query.get("count")
+    if raw is None:
+        return min(default, MAX_ANSWERS)
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ANSWERS:
+        raise InvalidInput(f"count must be an integer in 1..{MAX_ANSWERS}")
+    return int(raw)
+
+
+def _verdict(v: Verdict) -> dict[str, Any]:
+    return {"appliance_id": v.appliance_id, "kept": v.kept, "reason": v.reason.value, "detail": v.detail,
+            "rank": v.rank, "distance_km": v.distance_km}
+
+
+def decision_json(d: SteeringDecision) -> dict[str, Any]:
+    where = {"lat": d.client_location.lat, "lon": d.client_location.lon} if d.client_location else None
+    return {"client_ip": d.client_ip, "title_id": d.title_id, "matched_prefix": d.matched_prefix,
+            "client_location": where, "location_source": d.location_source,
+            "ranked": [_verdict(v) for v in d.ranked], "dropped": [_verdict(v) for v in d.dropped]}
+
+
+def _decide(ctx: ControlContext, ip: str, title_id: str, count: int, explain: bool) -> SteeringDecision:
+    return ctx.registry.index().steer(ip, title_id, count=count, locator=ctx.locator, explain=explain)
+
+
+async def play_title(request: web.Request) -> web.Response:
+    """Public: the ranked, signed manifest URLs for this client; 503 when no appliance can serve it."""
+    ctx = request.app[CTX]
+    title_id = check_id(request.match_info["title_id"], "title id")
+    ip = play.client_ip(request.remote, request.headers.get("X-Forwarded-For"), ctx.trusted)
+    count = _count(request, ctx.config.steering.answers)
+    title = await ctx.store.get_title(title_id)
+    decision = _decide(ctx, ip, title_id, count, explain=False)
+    ranked = [(v.appliance_id, ctx.registry.http_url(v.appliance_id)) for v in decision.ranked]
+    ranked = [(a, u) for a, u in ranked if u]
+    ctx.metrics.plays.labels("served" if ranked else "no_appliance").inc()
+    if not ranked:
+        return web.json_response({"error": f"no appliance can serve {title_id} now", "title_id": title_id},
+                                 status=503, headers={"Retry-After": "30"})
+    urls = play.play_urls(ctx.keys, title, ranked, ip, ctx.config.security.play_token_ttl_s)
+    body: dict[str, Any] = {
+        "title_id": title_id, "client_ip": ip, "expires": int(time.time() + ctx.config.security.play_token_ttl_s),
+        "sources": [{"appliance_id": u.appliance_id, "hls": u.hls, "dash": u.dash} for u in urls],
+    }
+    if title.encrypted:
+        body["license_url"] = f"{ctx.api_url}/v1/license/{title_id}"
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def steer(request: web.Request) -> web.Response:
+    """Operator: the same decision with every appliance kept or dropped and why."""
+    ctx = request.app[CTX]
+    ip, title_id = request.query.get("client_ip"), request.query.get("title")
+    if not ip or not title_id:
+        raise InvalidInput("give client_ip and title")
+    check_id(title_id, "title id")
+    count = _count(request, ctx.config.steering.answers)
+    decision = _decide(ctx, ip, title_id, count, explain=True)
+    out = decision_json(decision)
+    if title_id not in ctx.registry.title_versions:
+        out["warning"] = f"title {title_id!r} is not registered"
+    return web.json_response(out)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/play/{title_id}", play_title)
+    app.router.add_get("/v1/steer", steer)

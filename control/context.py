@@ -1,0 +1,48 @@
+"""The control plane's one context object, stored on the aiohttp app under :data:`CTX`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from shared.mqtt import MqttSession
+from shared.signing import Signer
+from shared.tasks import TaskGroup
+from shared.tokens import TokenKeys
+
+from .config import ControlConfig
+from .fleet import Fleet
+from .ingest import TelemetryIngest
+from .metrics import ControlMetrics
+from .planner import PlannerConfig
+from .popularity import DemandModel
+from .prefixes import IPNetwork
+from .registry import RegistryView
+from .steering import GeoLocator
+from .store import Store
+
+
+@dataclass
+class ControlContext:
+    config: ControlConfig
+    metrics: ControlMetrics
+    session: MqttSession
+    fleet: Fleet
+    store: Store
+    registry: RegistryView
+    demand: DemandModel
+    ingest: TelemetryIngest
+    keys: TokenKeys
+    signer: Signer
+    planner: PlannerConfig
+    trusted: tuple[IPNetwork, ...]
+    api_url: str
+    locator: GeoLocator | None = None
+    tasks: TaskGroup = field(default_factory=lambda: TaskGroup("control"))
+    #: One plan at a time: a periodic run and an operator's request must not interleave generations.
+    fill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+CTX = web.AppKey("control", ControlContext)

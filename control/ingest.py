@@ -1,0 +1,155 @@
+"""Telemetry ingest: validate each sample, feed liveness and demand at once, write to the store in batches.
+
+The MQTT loop runs handlers one at a time, so the handler only validates and enqueues; a separate
+task drains the queue into one transaction per batch (by size or age).  Writing sample by sample
+would cap ingest at a few hundred per second; batched it keeps up with thousands.  When the store
+falls behind, the bounded queue drops samples and counts them rather than growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shared.errors import InvalidInput
+from shared.ids import is_valid_id
+from shared.messages import Telemetry
+
+from .popularity import DemandModel, DemandSample
+from .registry import RegistryView
+from .store import Store, TelemetryRow
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+MAX_METRICS = 256
+MAX_TITLES = 10_000
+MISS_PREFIX = "miss."
+
+
+def _check_values(values: Mapping[str, float], what: str, *, non_negative: bool) -> None:
+    if len(values) > MAX_METRICS:
+        raise InvalidInput(f"telemetry has {len(values)} {what}; at most {MAX_METRICS}")
+    for name, value in values.items():
+        if not _NAME_RE.fullmatch(name):
+            raise InvalidInput(f"telemetry {what[:-1]} name {name[:64]!r} is not [a-z][a-z0-9_.]*")
+        if not math.isfinite(value) or (non_negative and value < 0):
+            raise InvalidInput(f"telemetry {what[:-1]} {name} = {value!r} is out of range")
+
+
+def validate(appliance_id: str, sample: Telemetry, ts: float) -> TelemetryRow:
+    """A sample as stored, or :class:`InvalidInput` naming what is wrong with it."""
+    if sample.seq < 0 or not math.isfinite(sample.interval_s) or not 0 < sample.interval_s <= 86_400:
+        raise InvalidInput("telemetry seq must be >= 0 and interval_s in (0, 86400]")
+    _check_values(sample.counters, "counters", non_negative=True)
+    _check_values(sample.gauges, "gauges", non_negative=False)
+    if len(sample.titles) > MAX_TITLES:
+        raise InvalidInput(f"telemetry names {len(sample.titles)} titles; at most {MAX_TITLES}")
+    titles: dict[str, tuple[int, int]] = {}
+    for title_id, d in sample.titles.items():
+        if not is_valid_id(title_id) or d.requests < 0 or d.bytes < 0 or d.bytes > 2**53:
+            raise InvalidInput(f"telemetry demand for {title_id[:64]!r} is invalid")
+        titles[title_id] = (d.requests, d.bytes)
+    return TelemetryRow(appliance_id, ts, sample.seq, sample.interval_s, dict(sample.counters),
+                        dict(sample.gauges), titles)
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.samples = Counter("nearcast_control_telemetry_samples_total", "Telemetry samples by outcome",
+                               ["result"], registry=registry)
+        self.batches = Counter("nearcast_control_telemetry_batches_total", "Telemetry write transactions",
+                               registry=registry)
+        self.queue = Gauge("nearcast_control_telemetry_queue", "Telemetry samples waiting to be written",
+                           registry=registry)
+
+
+class TelemetryIngest:
+    def __init__(self, store: Store, registry: RegistryView, demand: DemandModel, metrics: IngestMetrics, *,
+                 batch_max: int = 2000, flush_interval_s: float = 0.2, queue_max: int = 100_000) -> None:
+        self.store = store
+        self.registry = registry
+        self.demand = demand
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self.flush_interval_s = flush_interval_s
+        self._queue: asyncio.Queue[TelemetryRow] = asyncio.Queue(queue_max)
+        self.written = 0
+
+    def submit(self, appliance_id: str, sample: Telemetry, ts: float) -> None:
+        """Validate and enqueue; raises :class:`InvalidInput` for a bad sample (the MQTT loop counts it)."""
+        try:
+            row = validate(appliance_id, sample, ts)
+        except InvalidInput:
+            self.metrics.samples.labels("rejected").inc()
+            raise
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            self.metrics.samples.labels("dropped").inc()
+            return
+        self.metrics.samples.labels("accepted").inc()
+        self._observe_demand(row)
+
+    def _observe_demand(self, row: TelemetryRow) -> None:
+        record = self.registry.appliances.get(row.appliance_id)
+        if record is None or not row.titles:
+            return
+        samples = []
+        for title_id, (_, nbytes) in row.titles.items():
+            size = self.registry.title_sizes.get(title_id)
+            if size:
+                samples.append(DemandSample.from_bytes(record.meta.region, title_id, nbytes, size, row.ts))
+        if samples:
+            try:
+                self.demand.observe(samples, time.time())
+            except InvalidInput as exc:
+                log.warning("demand from %s not counted: %s", row.appliance_id, exc)
+
+    async def run(self) -> None:
+        """Drain the queue into the store until cancelled; a failing batch is logged and dropped."""
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = asyncio.get_running_loop().time() + self.flush_interval_s
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self.metrics.queue.set(self._queue.qsize())
+            try:
+                self.written += await self.store.ingest_telemetry(batch)
+                self.metrics.batches.inc()
+            except Exception:
+                self.metrics.samples.labels("failed").inc(len(batch))
+                log.exception("could not write %d telemetry samples", len(batch))
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+
+def misses_by_site(rollups: list[tuple[str, str, float]], sites: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """``(appliance, counter name, total)`` rows → misses per cause per site (``miss.<cause>`` counters)."""
+    out: dict[str, dict[str, float]] = {}
+    for appliance_id, name, total in rollups:
+        if not name.startswith(MISS_PREFIX):
+            continue
+        site = sites.get(appliance_id, "unknown")
+        cause = name[len(MISS_PREFIX):]
+        out.setdefault(site, {})[cause] = out.get(site, {}).get(cause, 0.0) + total
+    return out

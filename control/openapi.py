@@ -1,0 +1,112 @@
+"""The OpenAPI 3 document of the control API, built from one table of operations.
+
+A test walks the app's router and fails if a route is missing here, so the document cannot drift
+from the routes behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+OBJ = {"type": "object"}
+ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+
+META_PROPS: dict[str, Any] = {
+    "site": ID, "region": ID, "isp": {"type": "string", "maxLength": 200}, "asn": {"type": "integer"},
+    "prefixes": {"type": "array", "items": {"type": "string"}}, "lat": {"type": "number"},
+    "lon": {"type": "number"}, "disk_bytes": {"type": "integer"}, "bandwidth_bps": {"type": "integer"},
+    "fill_window": {"type": "string"}, "load_threshold": {"type": "number"},
+}
+
+
+def _path_params(path: str) -> list[dict[str, Any]]:
+    out = []
+    for part in path.split("/"):
+        if part.startswith("{"):
+            name = part[1:-1].split(":")[0]
+            schema = {"type": "string"} if name in ("path", "token") else ID
+            out.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return out
+
+
+def _q(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+# (method, path, summary, public, query params, request body schema, success status)
+OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any] | None, int]] = [
+    ("get", "/healthz", "Liveness of the control plane and its broker link.", True, [], None, 200),
+    ("get", "/metrics", "Prometheus metrics of the control plane.", True, [], None, 200),
+    ("get", "/v1/openapi.json", "This document.", True, [], None, 200),
+    ("get", "/v1/tokens", "List operator tokens (never the tokens themselves).", False, [], None, 200),
+    ("post", "/v1/tokens", "Create an operator token; the token is shown once.", False, [],
+     {"type": "object", "properties": {"name": ID, "role": {"type": "string", "enum": ["read", "admin"]}},
+      "required": ["name"]}, 201),
+    ("delete", "/v1/tokens/{name}", "Revoke an operator token.", False, [], None, 200),
+    ("get", "/v1/audit", "The audit log, newest first.", False,
+     [_q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("before", {"type": "integer"})], None, 200),
+    ("post", "/v1/enrollments", "Create a one-time enrollment token for an appliance.", False, [],
+     {"type": "object", "properties": {"appliance_id": ID, "ttl_s": {"type": "number"}, **META_PROPS},
+      "required": ["appliance_id", "site"]}, 201),
+    ("post", "/v1/enroll", "An appliance redeems its enrollment token for credentials and keys.", True, [],
+     {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}, 201),
+    ("get", "/v1/appliances", "Enrolled and seen appliances with their state.", False, [], None, 200),
+    ("get", "/v1/appliances/{id}", "One appliance.", False, [], None, 200),
+    ("patch", "/v1/appliances/{id}", "Change an appliance's metadata.", False, [],
+     {"type": "object", "properties": META_PROPS}, 200),
+    ("delete", "/v1/appliances/{id}", "Remove an appliance and revoke its broker credentials.", False, [], None, 200),
+    ("post", "/v1/appliances/{id}/ping", "Send a ping command.", False, [], None, 202),
+    ("post", "/v1/appliances/{id}/drain", "Steer new sessions away from the appliance.", False, [], None, 202),
+    ("post", "/v1/appliances/{id}/undrain", "Undo a drain.", False, [], None, 202),
+    ("get", "/v1/play/{title_id}", "Ranked, signed HLS and DASH URLs for the calling client.", True,
+     [_q("count", {"type": "integer", "minimum": 1, "maximum": 50})], None, 200),
+    ("get", "/v1/steer", "The steering decision for a client with every appliance kept or dropped and why.", False,
+     [_q("client_ip", {"type": "string"}, True), _q("title", ID, True),
+      _q("count", {"type": "integer", "minimum": 1, "maximum": 50})], None, 200),
+    ("get", "/v1/titles", "Registered titles.", False, [], None, 200),
+    ("post", "/v1/titles", "Register a title published on the origin and sign its file set.", False, [],
+     {"type": "object", "properties": {"title_id": ID, "released": {"type": "number"}}, "required": ["title_id"]},
+     201),
+    ("get", "/v1/titles/{title_id}", "One title.", False, [], None, 200),
+    ("get", "/v1/filesets/{title_id}/{version}", "A signed file-set manifest.", True, [], None, 200),
+    ("get", "/v1/origin/{token}/{title_id}/{path}", "Origin content for fills (token in the path).", True, [],
+     None, 200),
+    ("get", "/v1/fill/plan", "What a fill plan would change, and its expected offload.", False, [], None, 200),
+    ("post", "/v1/fill/plan", "Plan and publish desired fill state.", False, [], None, 200),
+    ("get", "/v1/fill/status", "Fill progress per appliance.", False, [], None, 200),
+    ("get", "/v1/telemetry/misses", "Misses by cause per site.", False,
+     [_q("hours", {"type": "number", "exclusiveMinimum": 0, "maximum": 9600})], None, 200),
+    ("get", "/v1/telemetry/rollups", "Telemetry rollups.", False,
+     [_q("resolution", {"type": "string", "enum": ["60", "3600"]}), _q("appliance", ID),
+      _q("hours", {"type": "number", "exclusiveMinimum": 0, "maximum": 9600})], None, 200),
+]
+
+
+def document(server_url: str) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, summary, public, query, body, status in OPERATIONS:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "parameters": _path_params(path) + query,
+            "responses": {str(status): {"description": "success"},
+                          "default": {"description": "error", "content": {"application/json": {"schema": ERROR}}}},
+        }
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["security"] = [] if public else [{"bearer": []}]
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "nearcast control plane", "version": "1"},
+        "servers": [{"url": server_url}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+
+def route_key(method: str, path: str) -> tuple[str, str]:
+    """Normalise an aiohttp route (``{path:.+}``) to the document's form."""
+    parts = [p.split(":")[0] + "}" if p.startswith("{") and ":" in p else p for p in path.split("/")]
+    return method.lower(), "/".join(parts)

@@ -1,0 +1,188 @@
+"""The control plane's state behind one interface, so PostgreSQL can replace SQLite without touching callers.
+
+Callers (API handlers, the MQTT ingest, the fill shell) see only :class:`Store` and the frozen
+records below.  Every operator-initiated write takes an ``actor`` and is audited by the store in the
+same transaction as the change itself, so an audited action can never be half applied and an
+applied one never goes unrecorded.  Machine writes (telemetry, holdings, acks) are not audited:
+they are observations, not decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["read", "admin"]
+ROLES: tuple[Role, ...] = ("read", "admin")
+
+
+@dataclass(frozen=True)
+class OperatorToken:
+    name: str
+    sha256: str
+    role: Role
+    created: float
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    ts: float
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApplianceMeta:
+    """What an operator declares about an appliance at enrollment (and may change later)."""
+
+    site: str
+    region: str
+    isp: str = ""
+    asn: int = 0
+    prefixes: tuple[str, ...] = ()
+    lat: float | None = None
+    lon: float | None = None
+    disk_bytes: int = 0
+    bandwidth_bps: int = 0
+    fill_window: str = ""
+    load_threshold: float = 0.85
+
+
+@dataclass(frozen=True)
+class ApplianceRecord:
+    appliance_id: str
+    meta: ApplianceMeta
+    mqtt_hash: str
+    enrolled: float
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A pending one-time enrollment; only the token's hash is kept."""
+
+    token_sha256: str
+    appliance_id: str
+    meta: ApplianceMeta
+    created: float
+    expires: float
+    used: float | None = None
+
+
+@dataclass(frozen=True)
+class TitleRecord:
+    title_id: str
+    name: str
+    genres: tuple[str, ...]
+    version: str
+    size: int
+    manifest_path: str
+    created: float
+    live: bool = False
+    released: float = 0.0
+    hls: str = "master.m3u8"
+    dash: str | None = "manifest.mpd"
+    encrypted: bool = False
+
+
+@dataclass(frozen=True)
+class Holding:
+    appliance_id: str
+    title_id: str
+    version: str
+    complete: bool
+    bytes_done: int = 0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class TelemetryRow:
+    """One validated telemetry sample, as stored raw."""
+
+    appliance_id: str
+    ts: float
+    seq: int
+    interval_s: float
+    counters: Mapping[str, float]
+    gauges: Mapping[str, float]
+    #: title id -> (requests, bytes)
+    titles: Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Rollup:
+    appliance_id: str
+    resolution_s: int
+    bucket: float
+    name: str
+    total: float
+    peak: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class FillState:
+    """The latest desired fill published to an appliance and what it last said about it."""
+
+    appliance_id: str
+    generation: int
+    published: float
+    titles: tuple[str, ...]
+    bytes_planned: int
+    ack_status: str = ""
+    progress: float | None = None
+    ack_ts: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Everything the control plane persists.  All methods are safe to call from the event loop."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # operator tokens and audit
+    async def add_token(self, name: str, sha256: str, role: Role, *, actor: str) -> OperatorToken: ...
+    async def import_tokens(self, tokens: Sequence[OperatorToken]) -> int: ...
+    async def find_token(self, sha256: str) -> OperatorToken | None: ...
+    async def list_tokens(self) -> list[OperatorToken]: ...
+    async def revoke_token(self, name: str, *, actor: str) -> None: ...
+    async def record_audit(self, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None: ...
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]: ...
+
+    # appliances
+    async def create_enrollment(self, enrollment: Enrollment, *, actor: str) -> None: ...
+    async def redeem_enrollment(self, token_sha256: str, mqtt_hash: str, now: float) -> ApplianceRecord: ...
+    async def list_appliances(self) -> list[ApplianceRecord]: ...
+    async def get_appliance(self, appliance_id: str) -> ApplianceRecord: ...
+    async def update_appliance(self, appliance_id: str, meta: ApplianceMeta, *, actor: str) -> ApplianceRecord: ...
+    async def set_draining(self, appliance_id: str, draining: bool, *, actor: str) -> ApplianceRecord: ...
+    async def remove_appliance(self, appliance_id: str, *, actor: str) -> None: ...
+
+    # titles and holdings
+    async def put_title(self, title: TitleRecord, *, actor: str) -> TitleRecord: ...
+    async def list_titles(self) -> list[TitleRecord]: ...
+    async def get_title(self, title_id: str) -> TitleRecord: ...
+    async def set_live(self, live: Mapping[str, bool]) -> None: ...
+    async def replace_holdings(self, appliance_id: str, holdings: Sequence[Holding]) -> None: ...
+    async def list_holdings(self) -> list[Holding]: ...
+
+    # telemetry
+    async def ingest_telemetry(self, rows: Sequence[TelemetryRow]) -> int: ...
+    async def rollups(self, *, resolution_s: int, since: float, appliance_id: str | None = None,
+                      names: Sequence[str] = ()) -> list[Rollup]: ...
+    async def title_demand(self, since: float) -> list[tuple[str, str, float, int]]: ...
+    async def prune_telemetry(self, now: float, *, raw_s: float, minute_s: float, hour_s: float) -> int: ...
+    async def count_raw(self) -> int: ...
+
+    # fill
+    async def record_fill(self, states: Sequence[FillState], *, actor: str) -> None: ...
+    async def fill_states(self) -> list[FillState]: ...
+    async def record_fill_ack(self, appliance_id: str, generation: int, status: str, progress: float | None,
+                              detail: Mapping[str, Any], ts: float) -> None: ...
+    async def next_fill_generation(self) -> int: ...

@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest docs system-deps broker bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/fetch-player.sh
+	bash scripts/fetch-player.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

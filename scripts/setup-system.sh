@@ -10,6 +10,8 @@ declare -A PKG=(
   [ffprobe]=ffmpeg
   [nginx]=nginx
   [wrk]=wrk
+  [chromium-headless-shell]=chromium-headless-shell
+  [npm]=npm
 )
 
 missing=()

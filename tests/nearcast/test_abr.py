@@ -166,7 +166,7 @@ async def test_failover_to_the_next_source_when_an_edge_dies(edges: Any) -> None
 
     def on_segment(n: int, variant: Any, qoe: QoeLog) -> None:
         if n == 1:
-            stopping.append(asyncio.get_running_loop().create_task(a.stop()))  # noqa: TID251 - awaited below
+            stopping.append(asyncio.get_running_loop().create_task(a.stop()))
 
     player = Player([a.url, b.url], PlayerOptions(on_segment=on_segment, max_buffer_s=4))
     qoe = await player.play()

@@ -14,14 +14,14 @@ from shared.messages import Ping, SetDraining
 from shared.web import read_json
 
 from . import enrollment, mosquitto
-from .auth import ROLES, TokenEntry, new_token, token_hash
+from .auth import OPERATOR, ROLES, new_token, token_hash
 from .context import CTX, ControlContext
 from .store import ApplianceRecord, Enrollment
 
 
 def actor(request: web.Request) -> str:
-    entry = request.get("operator")
-    return f"operator:{entry.name}" if isinstance(entry, TokenEntry) else "anonymous"
+    entry = request.get(OPERATOR)
+    return f"operator:{entry.name}" if entry is not None else "anonymous"
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class TokenStore:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+OPERATOR = web.RequestKey("operator", TokenEntry)
+
 Checker = Callable[[str], Awaitable[TokenEntry | None]]
 
 
@@ -115,7 +117,7 @@ def auth_middleware(check: Checker, public: Callable[[web.Request], bool]) -> Mi
             raise Unauthorized("invalid operator token")
         if request.method not in ("GET", "HEAD", "OPTIONS") and entry.role != "admin":
             raise Forbidden(f"token {entry.name!r} is read-only")
-        request["operator"] = entry
+        request[OPERATOR] = entry
         return await handler(request)
 
     return middleware

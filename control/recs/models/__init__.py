@@ -1,0 +1,1 @@
+"""Candidate generators and baselines, all behind :class:`control.recs.models.base.Recommender`."""

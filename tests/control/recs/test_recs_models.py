@@ -1,0 +1,172 @@
+"""One contract, run on every model: fit, score, save/load without pickle, determinism under a seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from control.recs.data import Catalog, Interactions
+from control.recs.dataset import TrainData, build
+from control.recs.errors import ModelError
+from control.recs.metrics import evaluate
+from control.recs.models.als import ALS
+from control.recs.models.base import Recommender, item_counts
+from control.recs.models.content import ContentBased
+from control.recs.models.ease import EASE, ease_weights
+from control.recs.models.knn import ItemKNN, RP3Beta
+from control.recs.models.popularity import MostPopular, Trending
+from control.recs.splits import positives, random_split
+
+
+@pytest.fixture(scope="module")
+def split_data(synth: tuple[Interactions, Catalog]) -> tuple[TrainData, np.ndarray, list[list[int]]]:
+    inter, catalog = synth
+    s = random_split(positives(inter, 0.0), seed=0)
+    data = build(s.train, catalog)
+    u_idx, i_idx = data.user_index(), data.item_index()
+    users = sorted(s.test)
+    return data, np.array([u_idx[u] for u in users]), [[i_idx[i] for i in s.test[u]] for u in users]
+
+
+class ContractTests:
+    """Mixin: subclasses say how to build the model and how much better than chance it must be."""
+
+    min_lift = 1.5  # NDCG@10 over a random ranking's, on the synthetic taste groups
+
+    def make(self, seed: int = 0) -> Recommender:
+        raise NotImplementedError
+
+    def test_scores_have_the_catalogue_shape(self, synth_data: TrainData) -> None:
+        model = self.make().fit(synth_data)
+        scores = model.score(synth_data.matrix[:5])
+        assert scores.shape == (5, synth_data.n_items) and scores.dtype == np.float32
+        assert np.isfinite(scores).all()
+
+    def test_recommend_never_returns_history(self, synth_data: TrainData) -> None:
+        model = self.make().fit(synth_data)
+        history = synth_data.matrix[:20]
+        idx, _ = model.recommend(history, 10)
+        for row in range(20):
+            assert not set(idx[row]) & set(history[row].indices)
+
+    def test_save_load_round_trip_gives_equal_scores(self, synth_data: TrainData, tmp_path: Path) -> None:
+        model = self.make().fit(synth_data)
+        model.save(tmp_path / "m.npz")
+        loaded = type(model).load(tmp_path / "m.npz")
+        assert loaded.params() == model.params()
+        np.testing.assert_array_equal(loaded.score(synth_data.matrix[:10]), model.score(synth_data.matrix[:10]))
+
+    def test_deterministic_under_a_seed(self, synth_data: TrainData) -> None:
+        a = self.make(seed=3).fit(synth_data).score(synth_data.matrix[:10])
+        b = self.make(seed=3).fit(synth_data).score(synth_data.matrix[:10])
+        np.testing.assert_array_equal(a, b)
+
+    def test_beats_a_random_ranking(self, split_data: tuple[TrainData, np.ndarray, list[list[int]]]) -> None:
+        data, rows, held = split_data
+        idx, _ = self.make().fit(data).recommend(data.matrix[rows], 10)
+        ours = evaluate(idx, held, 10, item_counts(data), data.n_users).ndcg
+        rng = np.random.default_rng(0)
+        chance = np.mean([evaluate(np.array([rng.permutation(data.n_items)[:10] for _ in rows]), held, 10,
+                                   item_counts(data), data.n_users).ndcg for _ in range(5)])
+        assert ours > self.min_lift * chance
+
+    def test_misuse_is_a_typed_error(self, synth_data: TrainData, tmp_path: Path) -> None:
+        model = self.make()
+        with pytest.raises(ModelError, match="before fit"):
+            model.score(synth_data.matrix[:1])
+        with pytest.raises(ModelError):
+            model.save(tmp_path / "x.npz")
+        model.fit(synth_data)
+        with pytest.raises(ModelError, match="items"):
+            model.score(sp.csr_matrix((1, synth_data.n_items + 1), dtype=np.float32))
+        model.save(tmp_path / "m.npz")
+        other = MostPopular if not isinstance(model, MostPopular) else EASE
+        with pytest.raises(ModelError, match="holds a"):
+            other.load(tmp_path / "m.npz")
+        (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+        with pytest.raises(ModelError, match="not a saved model"):
+            type(model).load(tmp_path / "junk.npz")
+
+
+class TestMostPopular(ContractTests):
+    def make(self, seed: int = 0) -> Recommender:
+        return MostPopular()
+
+
+class TestTrending(ContractTests):
+    min_lift = 0.0  # the synthetic log has no trend; the contract still applies
+
+    def make(self, seed: int = 0) -> Recommender:
+        return Trending(half_life_days=30.0)
+
+
+class TestItemKNN(ContractTests):
+    min_lift = 2.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return ItemKNN(neighbours=50, shrink=5.0)
+
+
+class TestRP3Beta(ContractTests):
+    min_lift = 2.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return RP3Beta(neighbours=50)
+
+
+class TestContent(ContractTests):
+    min_lift = 1.5
+
+    def make(self, seed: int = 0) -> Recommender:
+        return ContentBased()
+
+
+class TestEASE(ContractTests):
+    min_lift = 2.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return EASE(lam=50.0)
+
+
+class TestALS(ContractTests):
+    min_lift = 2.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return ALS(factors=16, reg=5.0, alpha=5.0, iterations=6, seed=seed)
+
+
+def test_ease_woodbury_equals_direct_inverse() -> None:
+    rng = np.random.default_rng(0)
+    wide = sp.csr_matrix((rng.random((15, 40)) < 0.3).astype(np.float32))
+    wide = wide[:, np.asarray(wide.sum(axis=0)).ravel() > 0]
+    lam = 7.0
+    g = (wide.T @ wide).toarray().astype(np.float64) + lam * np.eye(wide.shape[1])
+    p = np.linalg.inv(g)
+    direct = -p / np.diag(p)[np.newaxis, :]
+    np.fill_diagonal(direct, 0.0)
+    np.testing.assert_allclose(ease_weights(wide, lam), direct, atol=1e-5)
+
+
+def test_item_knn_links_co_watched_titles() -> None:
+    users = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    items = np.array(["x", "y", "x", "y", "z", "w", "z"])
+    inter = Interactions(users, items, np.ones(7), np.arange(7, dtype=np.int64))
+    data = build(inter, Catalog())
+    model = ItemKNN(neighbours=5, shrink=0.0).fit(data)
+    i_idx = data.item_index()
+    history = sp.csr_matrix(([1.0], ([0], [i_idx["x"]])), shape=(1, data.n_items), dtype=np.float32)
+    idx, _ = model.recommend(history, 1)
+    assert data.item_ids[idx[0, 0]] == "y"
+
+
+def test_content_reaches_titles_nobody_watched(synth: tuple[Interactions, Catalog]) -> None:
+    inter, catalog = synth
+    data = build(inter.take(inter.items != "t0"), catalog)
+    assert item_counts(data)[data.item_index()["t0"]] == 0
+    genre0 = [data.item_index()[f"t{i}"] for i in range(6, 60, 6)]  # t0's genre
+    history = sp.csr_matrix((np.ones(len(genre0)), ([0] * len(genre0), genre0)), shape=(1, data.n_items))
+    scores = ContentBased().fit(data).score(history)
+    assert scores[0, data.item_index()["t0"]] > np.median(scores)

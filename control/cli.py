@@ -122,5 +122,11 @@ def appliance_undrain(appliance_id: str, api: str, as_json: bool) -> None:
     _emit(data, as_json, lambda d: click.echo(f"{appliance_id}: undrain sent (command {d['command_id']})"))
 
 
+def _operator_groups() -> list[click.Command]:
+    from .cli_ops import GROUPS  # imported late: cli_ops builds on this module's options
+
+    return [appliance, *GROUPS]
+
+
 #: Operator command groups mounted at the top of ``nearcast``.
-OPERATOR_GROUPS = [appliance]
+OPERATOR_GROUPS = _operator_groups()

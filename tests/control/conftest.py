@@ -138,3 +138,26 @@ async def control_factory(tmp_path: Path, private_mosquitto: Any, port_factory: 
 @pytest.fixture
 async def control(control_factory: Any) -> Harness:
     return await control_factory()  # type: ignore[no-any-return]
+
+
+def make_origin_title(state: Path, title_id: str, *, segments: int = 3, segment_bytes: int = 4096,
+                      version: int = 1) -> int:
+    """A small published title on the origin (what the encoder leaves): files plus ``fileset.json``."""
+    import hashlib
+    import os
+
+    root = state / "origin" / title_id
+    (root / "v").mkdir(parents=True, exist_ok=True)
+    files = {"master.m3u8": b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nv/index.m3u8\n",
+             "manifest.mpd": b"<MPD/>\n", "v/index.m3u8": b"#EXTM3U\n"}
+    for i in range(segments):
+        files[f"v/seg{i}.m4s"] = os.urandom(segment_bytes)
+    entries = []
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+        entries.append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                        "rendition": None, "kind": "segment"})
+    (root / "fileset.json").write_text(json.dumps({
+        "schema": "nearcast.fileset/1", "title_id": title_id, "name": title_id.title(), "version": version,
+        "genres": ["drama"], "hls": "master.m3u8", "dash": "manifest.mpd", "encryption": None, "files": entries}))
+    return sum(len(d) for d in files.values())

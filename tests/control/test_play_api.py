@@ -1,0 +1,135 @@
+"""/v1/play and /v1/steer over real HTTP with appliances speaking real MQTT; the client-IP trust rule."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from control.play import client_ip, client_prefix, trusted_networks
+from nearcast.cli import cli
+from shared import tokens
+from shared.errors import InvalidInput
+
+from .conftest import Harness, eventually, make_origin_title
+
+TRUSTED = trusted_networks(["10.9.0.0/16", "2001:db8:ffff::/48"])
+
+
+def test_client_ip_believes_forwarded_for_only_from_trusted_proxies() -> None:
+    assert client_ip("192.0.2.7", "203.0.113.5", TRUSTED) == "192.0.2.7"  # untrusted peer: header ignored
+    assert client_ip("10.9.0.1", "203.0.113.5", TRUSTED) == "203.0.113.5"
+    # The client may prepend anything; only the hop our proxy appended counts.
+    assert client_ip("10.9.0.1", "1.1.1.1, 203.0.113.5", TRUSTED) == "203.0.113.5"
+    assert client_ip("10.9.0.1", "203.0.113.5, 10.9.0.2", TRUSTED) == "203.0.113.5"
+    assert client_ip("10.9.0.1", None, TRUSTED) == "10.9.0.1"
+    assert client_ip("::ffff:192.0.2.9", None, TRUSTED) == "192.0.2.9"
+    assert client_ip("2001:db8:ffff::1", "2001:db8:1::5", TRUSTED) == "2001:db8:1::5"
+    for bad in ("not-an-ip", "1.2.3.4, <script>", "x" * 5000):
+        with pytest.raises(InvalidInput):
+            client_ip("10.9.0.1", bad, TRUSTED)
+    assert client_prefix("203.0.113.77") == "203.0.113.0/24"
+    assert client_prefix("2001:db8:1:2::5") == "2001:db8:1::/48"
+
+
+async def _fleet(control: Harness) -> Any:
+    """Three enrolled appliances: a and c inside ISP A (AS64501), b inside ISP B; all online with t1."""
+    make_origin_title(control.state, "t1")
+    assert (await control.call("POST", "/v1/titles", {"title_id": "t1"}))[0] == 201
+    await control.enroll("edge-a", site="ams1", region="nl", asn=64501, prefixes=["10.1.0.0/16"], lat=52.4, lon=4.9)
+    await control.enroll("edge-c", site="ams1", region="nl", asn=64501, prefixes=["10.1.0.0/16"], lat=52.3,
+                         lon=4.8, load_threshold=10.0)
+    await control.enroll("edge-b", site="fra1", region="de", asn=64502, prefixes=["10.2.0.0/16", "2001:db8:2::/48"],
+                         lat=50.1, lon=8.7)
+    client = control.mqtt("fake-fleet")
+    await client.__aenter__()
+    for aid in ("edge-a", "edge-b", "edge-c"):
+        await control.announce(client, aid, f"http://{aid}.example:8080")
+        await control.report_held(client, aid, [("t1", "v1", True)])
+    await eventually(lambda: all(len(control.ctx.registry.complete_titles(a)) == 1
+                                 for a in ("edge-a", "edge-b", "edge-c")))
+    return client
+
+
+async def test_play_ranks_the_clients_isp_first_with_signed_urls(control_factory: Any) -> None:
+    control = await control_factory({"http": {"trusted_proxies": ["127.0.0.1/32"]}})
+    client = await _fleet(control)
+    try:
+        status, body = await control.call("GET", "/v1/play/t1", token=None, headers={"X-Forwarded-For": "10.2.3.4"})
+        assert status == 200, body
+        assert [s["appliance_id"] for s in body["sources"]][:1] == ["edge-b"]
+        first = body["sources"][0]
+        assert first["hls"].startswith("http://edge-b.example:8080/v1/content/")
+        assert first["hls"].endswith("/t1/master.m3u8") and first["dash"].endswith("/t1/manifest.mpd")
+        tok = first["hls"].split("/v1/content/")[1].split("/")[0]
+        grant = tokens.verify(control.ctx.keys, tok, path="t1/v/seg0.m4s", client_ip="10.2.3.99")
+        assert grant.client_prefix == "10.2.3.0/24"
+        with pytest.raises(tokens.TokenError):
+            tokens.verify(control.ctx.keys, tok, path="t1/x", client_ip="10.1.0.1")
+        with pytest.raises(tokens.TokenError):
+            tokens.verify(control.ctx.keys, tok, path="t2/x", client_ip="10.2.3.4")
+        status, body = await control.call("GET", "/v1/play/t1?count=1", token=None,
+                                          headers={"X-Forwarded-For": "10.1.200.1"})
+        assert [s["appliance_id"] for s in body["sources"]] == ["edge-a"] or \
+            [s["appliance_id"] for s in body["sources"]] == ["edge-c"]
+        assert (await control.call("GET", "/v1/play/nope", token=None))[0] == 404
+        assert (await control.call("GET", "/v1/play/t1?count=0", token=None))[0] == 400
+        assert (await control.call("GET", "/v1/play/t1", token=None, headers={"X-Forwarded-For": "junk"}))[0] == 400
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_steer_explains_and_follows_drain_offline_and_holdings(control: Harness) -> None:
+    client = await _fleet(control)
+    try:
+        status, d = await control.call("GET", "/v1/steer?client_ip=10.1.0.9&title=t1", token=control.reader)
+        assert status == 200
+        assert [v["appliance_id"] for v in d["ranked"]][2] == "edge-b"
+        assert {v["reason"] for v in d["ranked"][:2]} == {"embedded_prefix"}
+        assert d["matched_prefix"] == "10.1.0.0/16" and d["location_source"] == "prefix_site"
+
+        assert (await control.call("POST", "/v1/appliances/edge-a/drain"))[0] == 202
+        d = (await control.call("GET", "/v1/steer?client_ip=10.1.0.9&title=t1"))[1]
+        assert "edge-a" not in [v["appliance_id"] for v in d["ranked"]]
+        assert {v["appliance_id"]: v["reason"] for v in d["dropped"]}["edge-a"] == "draining"
+        assert (await control.call("POST", "/v1/appliances/edge-a/undrain"))[0] == 202
+
+        await control.announce(client, "edge-c", "http://edge-c.example:8080", state="offline")
+        await control.report_held(client, "edge-b", [("t1", "v1", False)])
+
+        async def settled() -> bool:
+            d = (await control.call("GET", "/v1/steer?client_ip=10.1.0.9&title=t1"))[1]
+            reasons = {v["appliance_id"]: v["reason"] for v in d["dropped"]}
+            return reasons.get("edge-c") == "offline" and reasons.get("edge-b") == "no_copy"
+
+        await eventually(settled)
+
+        # The operator CLI shows the same decision, with a line for every appliance.
+        env = {"NEARCAST_API": control.url, "NEARCAST_TOKEN": control.reader}
+        res = await asyncio.get_running_loop().run_in_executor(None, lambda: CliRunner().invoke(
+            cli, ["steer", "--client-ip", "10.1.0.9", "--title", "t1"], env=env))
+        assert res.exit_code == 0, res.output
+        lines = res.output.splitlines()
+        assert lines[1].startswith("  #1 edge-a: embedded_prefix")
+        assert any(line.startswith("  -- edge-c: offline") for line in lines)
+        assert any(line.startswith("  -- edge-b: no_copy") for line in lines)
+        res = await asyncio.get_running_loop().run_in_executor(None, lambda: CliRunner().invoke(
+            cli, ["steer", "--client-ip", "bogus", "--title", "t1"], env=env))
+        assert res.exit_code == 1 and "bogus" in res.output
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_stale_appliances_leave_steering_within_the_ttl(control: Harness) -> None:
+    client = await _fleet(control)
+    await client.__aexit__(None, None, None)  # no more heartbeats, and no Will either (clean disconnect)
+    ttl = control.ctx.config.fleet.heartbeat_ttl_s
+
+    async def gone() -> bool:
+        d = (await control.call("GET", "/v1/steer?client_ip=10.1.0.9&title=t1"))[1]
+        return not d["ranked"]
+
+    await eventually(gone, timeout=ttl + 5)
+    assert (await control.call("GET", "/v1/play/t1", token=None))[0] == 503

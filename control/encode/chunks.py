@@ -47,7 +47,7 @@ def segment_starts(n_frames: int, fps: Fraction, segment_seconds: float) -> tupl
     return tuple(starts)
 
 
-def plan_chunks(starts: tuple[int, ...], n_frames: int, workers: int, per_worker: int = 2) -> tuple[Chunk, ...]:
+def plan_chunks(starts: tuple[int, ...], n_frames: int, workers: int, per_worker: int = 3) -> tuple[Chunk, ...]:
     """Group segments into about ``workers * per_worker`` chunks of similar length.
 
     More chunks than workers keeps both cores busy to the end when chunks differ in difficulty;

@@ -103,7 +103,7 @@ def per_title_ladder(
     *,
     max_rungs: int = 6,
     top_quality: float = 46.0,
-    min_gain: float = 0.4,
+    min_gain: float = 1.0,
     step: float = 1.6,
 ) -> list[VideoRung]:
     """Rungs along the hull, from its cheapest point up to where more bits stop paying: quality

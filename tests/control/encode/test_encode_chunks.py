@@ -41,7 +41,7 @@ def test_encode_chunks_cover_every_frame_once(n: int, seg: float, workers: int, 
         assert a.end_frame == b.start_frame
     assert [k for c in chunks for k in c.keyframes] == list(starts)
     assert all(c.keyframes and c.keyframes[0] == c.start_frame for c in chunks)
-    assert len(chunks) <= max(1, workers * 2)
+    assert len(chunks) <= max(1, workers * 3)
 
 
 def test_encode_plan_rejects_starts_not_at_zero() -> None:

@@ -1,0 +1,74 @@
+"""Worker-side pieces: the prefetch thread, constant-rate frame mapping, encoder settings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from control.encode.encoder import cfr_frames, encoder_settings, prefetch
+from control.encode.spec import VideoRung
+from control.encode.synth import make_master
+
+
+def test_encode_prefetch_keeps_order_and_bounds() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    out = []
+    for x in prefetch(items(), depth=3):
+        out.append(x)
+        assert len(produced) - len(out) <= 3 + 1  # never more than depth (+ one in hand) ahead
+    assert out == list(range(50))
+
+
+def test_encode_prefetch_surfaces_producer_errors() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("decoder exploded")
+
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        list(prefetch(items(), depth=2))
+
+
+def test_encode_prefetch_stops_its_thread_when_abandoned() -> None:
+    def items() -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    before = threading.active_count()
+    gen = prefetch(items(), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    assert threading.active_count() == before
+
+
+def test_encode_cfr_maps_variable_rate_to_every_output_frame(tmp_path: Path) -> None:
+    src = make_master(tmp_path / "vfr.mkv", seconds=2, width=64, height=36, vfr=True, audio=False, fps=20)
+    with av.open(str(src)) as c:
+        frames = list(cfr_frames(c, 0.0, Fraction(20), 0, 40))
+    assert [n for n, _ in frames] == list(range(40))
+    # Each output frame shows a source frame from no later than half a frame after its slot.
+    assert all(f.time is not None and f.time <= n / 20 + 0.025 + 1e-6 for n, f in frames)
+    with av.open(str(src)) as c:
+        tail = list(cfr_frames(c, 0.0, Fraction(20), 30, 40))
+    assert [n for n, _ in tail] == list(range(30, 40))
+
+
+def test_encode_settings_close_gops_and_cap_rate() -> None:
+    rung = VideoRung("h264", 640, 360, 500_000)
+    name, opts = encoder_settings("h264", rung, 49, "veryfast", 1)
+    assert name == "libx264" and "scenecut=0" in opts["x264-params"] and "open-gop=0" in opts["x264-params"]
+    assert opts["forced-idr"] == "1" and int(opts["maxrate"]) == 750_000 and int(opts["bufsize"]) == 1_000_000
+    assert encoder_settings("hevc", rung, 49, "veryfast", 1)[0] == "libx265"
+    assert encoder_settings("av1", rung, 49, "veryfast", 1)[0] == "libsvtav1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import stat
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from mpegdash.parser import MPEGDASHParser
 
+from control.encode.clearkey import license_response
 from control.encode.crypto import aes128_decrypt, key_path, read_key
 from control.encode.fileset import FileSetManifest
 from control.encode.pipeline import ingest
@@ -104,3 +106,20 @@ async def test_encode_aes128_plays_over_http_with_key_endpoint(
     frames = (await probe_url(f"{base}/locked/{video}/playlist.m3u8", "-show_entries", "frame=key_frame"))["frames"]
     assert len(frames) == 48
     assert fetched and set(fetched) == {"locked"}
+
+
+def test_encode_cenc_plays_with_the_key_a_clearkey_license_returns(
+    cenc_title: tuple[Path, Path, FileSetManifest], tmp_path: Path
+) -> None:
+    """The player's path: KID from the MPD, license request, key from the answer, decode."""
+    root, keys, manifest = cenc_title
+    mpd = MPEGDASHParser.parse(str(root / "manifest.mpd"))
+    cp = next(c for c in mpd.periods[0].adaptation_sets[0].content_protections if c.cenc_default_kid)
+    kid = bytes.fromhex(cp.cenc_default_kid.replace("-", ""))
+    request = json.dumps({"kids": [base64.urlsafe_b64encode(kid).rstrip(b"=").decode()], "type": "temporary"})
+    answer = license_response(request.encode(), read_key(keys, "secret"))
+    key_hex = base64.urlsafe_b64decode(answer["keys"][0]["k"] + "==").hex()
+    video = next(r["id"] for r in manifest.renditions if r["kind"] == "video")
+    joined = tmp_path / "first.mp4"
+    joined.write_bytes((root / video / "init.mp4").read_bytes() + (root / video / "seg_00001.m4s").read_bytes())
+    assert _decode(joined, key_hex) == 24

@@ -9,7 +9,10 @@
    reference) and one worker with threaded encoders.  Prints parallel / sequential wall time:
    the goal on 2 cores is <= 0.6.
 
-    .venv/bin/python bench/encode.py [--seconds 12] [--width 1280 --height 720] [--repeat 2]
+    .venv/bin/python bench/encode.py [--seconds 24] [--width 960 --height 540] [--repeat 2]
+
+Run it on an otherwise idle machine: with other jobs on the cores, the parallel run cannot get a
+second core and the ratios mostly measure the neighbours (the load average is printed first).
 """
 
 from __future__ import annotations
@@ -73,9 +76,9 @@ def ladder_time(master: Path, root: Path, name: str, workers: int, threads: int,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=12.0)
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--seconds", type=float, default=24.0)
+    ap.add_argument("--width", type=int, default=960)
+    ap.add_argument("--height", type=int, default=540)
     ap.add_argument("--segment", type=float, default=2.0)
     ap.add_argument("--preset", default="veryfast")
     ap.add_argument("--repeat", type=int, default=2)
@@ -96,7 +99,7 @@ def main() -> int:
         n = frame_count(info.duration, fps)
         starts = segment_starts(n, fps, args.segment)
         gop = 2 * round(args.segment * fps) + 1
-        rung = VideoRung("h264", args.width // 2 // 2 * 2, args.height // 2 // 2 * 2, 1_200_000)
+        rung = VideoRung("h264", args.width // 2 // 2 * 2, args.height // 2 // 2 * 2, 800_000)
         py_times, ff_times = [], []
         for i in range(args.repeat):
             d = root / f"py{i}"
@@ -110,10 +113,13 @@ def main() -> int:
         print(f"  ffmpeg {ff:6.2f} s   ({n / ff:6.1f} fps, {ff_cpu:6.2f} CPU s)")
         print(f"  speed ratio ffmpeg_time/pyav_time = {ff / py:.3f}   (goal >= 0.95)")
         cpus = os.cpu_count() or 1
-        par, par_cpu = ladder_time(master, root, "par", cpus, 1, args.segment)
-        seq, seq_cpu = ladder_time(master, root, "seq", 1, 1, args.segment)
-        seq_thr, thr_cpu = ladder_time(master, root, "seqthr", 1, cpus, args.segment)
-        print(f"fixed-ladder ingest (all rungs + audio + packaging), {cpus} CPUs:")
+        runs: dict[str, list[tuple[float, float]]] = {"par": [], "seq": [], "thr": []}
+        for i in range(args.repeat):  # alternate, keep the best: other load on the machine only slows runs down
+            runs["par"].append(ladder_time(master, root, f"par{i}", cpus, 1, args.segment))
+            runs["seq"].append(ladder_time(master, root, f"seq{i}", 1, 1, args.segment))
+            runs["thr"].append(ladder_time(master, root, f"thr{i}", 1, cpus, args.segment))
+        (par, par_cpu), (seq, seq_cpu), (seq_thr, thr_cpu) = (min(runs[k]) for k in ("par", "seq", "thr"))
+        print(f"fixed-ladder ingest (all rungs + audio + packaging), {cpus} CPUs, best of {args.repeat}:")
         print(f"  chunk-parallel ({cpus} workers x 1 thread)  {par:6.2f} s  {par_cpu:6.2f} CPU s")
         print(f"  sequential (1 worker x 1 thread)          {seq:6.2f} s  {seq_cpu:6.2f} CPU s")
         print(f"  sequential (1 worker x {cpus} threads)         {seq_thr:6.2f} s  {thr_cpu:6.2f} CPU s")

@@ -45,7 +45,10 @@ def make_master(
         vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
         vs.time_base = tb
         if not odd:
-            vs.codec_context.options = {"crf": "14", "preset": "ultrafast", "x264-params": "log-level=error"}
+            # A keyframe a second, like a mezzanine file: chunk workers seek without decoding far.
+            gop = max(1, round(rate))
+            params = f"keyint={gop}:log-level=error"
+            vs.codec_context.options = {"crf": "14", "preset": "ultrafast", "x264-params": params}
         aus = None
         if audio:
             aus = out.add_stream("aac", rate=AUDIO_RATE)

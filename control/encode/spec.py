@@ -54,8 +54,12 @@ class IngestSpec:
             check_id(self.title_id, "title id")
         except Exception as exc:
             raise BadSpec(str(exc)) from None
-        if not self.name.strip() or len(self.name) > 300:
-            raise BadSpec("title name must be 1-300 characters")
+        if not self.name.strip() or len(self.name) > 300 or not self.name.isprintable():
+            raise BadSpec("title name must be 1-300 printable characters")
+        if len(self.genres) > 20 or any(
+            not isinstance(g, str) or not 1 <= len(g) <= 40 or not g.isprintable() for g in self.genres
+        ):
+            raise BadSpec("genres: at most 20, each 1-40 printable characters")
         if not self.codecs or any(c not in CODECS for c in self.codecs) or len(set(self.codecs)) != len(self.codecs):
             raise BadSpec(f"codecs must be a non-empty, distinct subset of {','.join(CODECS)}: got {self.codecs!r}")
         if "h264" not in self.codecs:

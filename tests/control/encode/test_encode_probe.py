@@ -120,6 +120,9 @@ def test_encode_hostile_specs_are_refused() -> None:
         {"workers": 0},
         {"preset": "placebo; rm -rf /"},
         {"name": ""},
+        {"name": "bad\x1bname"},
+        {"genres": ("x" * 41,)},
+        {"genres": tuple(f"g{i}" for i in range(21))},
     ):
         args = {"title_id": "ok", "name": "ok", **kwargs}
         with pytest.raises(BadSpec) as info:

@@ -130,3 +130,151 @@ def seed() -> Any:
 @pytest.fixture
 def raw() -> Any:
     return raw_request
+
+
+class Watcher:
+    """A plain paho client recording what an appliance publishes; async waits so in-test servers keep running."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        import paho.mqtt.client as paho
+
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic_filter, qos=1)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def bodies(self, suffix: str) -> list[Any]:
+        from shared.messages import REGISTRY
+
+        return [REGISTRY.decode(p).body for t, p in list(self.messages) if t.endswith(suffix) and p]
+
+    async def wait(self, pred: Any, timeout: float = 20.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not pred():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out; saw {self.messages[-3:]}"
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def watch() -> Any:
+    made: list[Watcher] = []
+
+    def make(appliance_id: str) -> Watcher:
+        w = Watcher(1883, f"nearcast/v1/appliances/{appliance_id}/#")
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        for topic in {t for t, _ in w.messages if t.endswith(("/status", "/desired/fill"))}:
+            w.publish(topic, b"", retain=True)  # leave no retained state behind
+        w.close()
+
+
+@dataclass
+class Origin:
+    """A real HTTP origin: good copies, corrupt copies, a flaky copy that drops mid-body once per file,
+    and signed file-set manifests.  Records every request (path, Range header)."""
+
+    url: str
+    root: Path
+    requests: list[tuple[str, str]]
+    bytes_sent: list[tuple[float, int]]
+
+    def source(self, kind: str) -> str:
+        return f"{self.url}/{kind}"
+
+
+def build_file_set(root: Path, signer: Signer, title: str, version: str, files: dict[str, bytes],
+                   *, extra: dict[str, Any] | None = None) -> None:
+    from shared.signing import sign_document
+
+    for path, body in files.items():
+        for kind, data in (("good", body), ("corrupt", body[:-1] + bytes([body[-1] ^ 1]))):
+            target = root / kind / title / version / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    doc = {"title_id": title, "version": version, "ladder": [{"height": 720}], **(extra or {}),
+           "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest(), "codec": "h264"}
+                     for p, b in files.items()]}
+    target = root / "manifests" / title / f"{version}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(sign_document(signer, doc)))
+
+
+@pytest.fixture
+async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    requests: list[tuple[str, str]] = []
+    sent: list[tuple[float, int]] = []
+    dropped: set[str] = set()
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        kind, rest = request.match_info["kind"], request.match_info["rest"]
+        requests.append((request.path, request.headers.get("Range", "")))
+        source_kind = "good" if kind == "flaky" else kind
+        path = root / source_kind / rest
+        if ".." in rest or not path.is_file():
+            raise web.HTTPNotFound()
+        data = path.read_bytes()
+        start = 0
+        rng = request.headers.get("Range", "")
+        if rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+        resp = web.StreamResponse(status=206 if start else 200)
+        resp.content_length = len(data) - start
+        if start:
+            resp.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        await resp.prepare(request)
+        body = data[start:]
+        if kind == "flaky" and rest not in dropped and len(body) > 2:
+            dropped.add(rest)  # first time: half the body, then the connection dies
+            await resp.write(body[: len(body) // 2])
+            await asyncio.sleep(0.3)  # let the half arrive: a reader drops what is buffered when the error lands
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        for i in range(0, len(body), 65536):
+            await resp.write(body[i:i + 65536])
+            sent.append((asyncio.get_running_loop().time(), len(body[i:i + 65536])))
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{kind:good|corrupt|flaky|manifests}/{rest:.*}", serve)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield Origin(f"http://127.0.0.1:{port}", root, requests, sent)
+    await runner.cleanup()
+
+
+@pytest.fixture
+def file_set() -> Any:
+    return build_file_set
+
+
+@pytest.fixture
+async def edge_factory(tmp_path: Path, keys: Keys) -> AsyncIterator[Any]:
+    """Start edges with extra settings, e.g. ``await edge_factory(cache={"capacity_bytes": 1000})``."""
+    runners: list[web.AppRunner] = []
+
+    async def make(**sections: dict[str, Any]) -> RunningEdge:
+        running, runner = await start_edge(make_config(tmp_path, keys, **sections), keys)
+        runners.append(runner)
+        return running
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()

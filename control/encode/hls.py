@@ -65,7 +65,7 @@ def media_playlist(track: Track, key: HlsKey | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iframe_playlist(track: Track) -> str:
+def iframe_playlist(track: Track, key: HlsKey | None = None) -> str:
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
@@ -74,6 +74,7 @@ def iframe_playlist(track: Track) -> str:
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-I-FRAMES-ONLY",
         '#EXT-X-MAP:URI="init.mp4"',
+        *_key_line(key),
     ]
     for seg in track.segments:
         lines += [

@@ -235,7 +235,7 @@ def write_manifests(
     iframes = key is None or key.scheme != "aes128"
     if iframes:
         for track in videos:
-            (staging / hls.iframe_playlist_path(track)).write_text(hls.iframe_playlist(track))
+            (staging / hls.iframe_playlist_path(track)).write_text(hls.iframe_playlist(track, hls_key))
     (staging / "master.m3u8").write_text(hls.master_playlist(videos, audio, iframes=iframes))
     if key is None or key.scheme == "cenc":
         ck = dash.ClearKeyInfo(key, spec.clearkey_license_url.format(title_id=spec.title_id)) if key else None

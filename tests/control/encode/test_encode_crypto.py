@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import av
+import m3u8
 import pytest
 from aiohttp import web
 from mpegdash.parser import MPEGDASHParser
@@ -66,6 +67,17 @@ def test_encode_cenc_key_stays_out_of_origin(cenc_title: tuple[Path, Path, FileS
         data = (root / f.path).read_bytes()
         assert raw not in data and text not in data, f.path
     assert key.key not in repr(key)
+
+
+def test_encode_cenc_hls_announces_sample_aes_ctr(cenc_title: tuple[Path, Path, FileSetManifest]) -> None:
+    root, _, manifest = cenc_title
+    master = m3u8.load(str(root / "master.m3u8"))
+    uris = [p.uri for p in master.playlists] + [m.uri for m in master.media] + [p.uri for p in master.iframe_playlists]
+    assert len(uris) == 3
+    for uri in uris:
+        media = m3u8.load(str(root / uri))
+        assert [k.method for k in media.keys if k] == ["SAMPLE-AES-CTR"], uri
+        assert media.keys[-1].uri == "/v1/license/clearkey/secret"
 
 
 def test_encode_cenc_mpd_announces_clearkey(cenc_title: tuple[Path, Path, FileSetManifest]) -> None:

@@ -93,6 +93,8 @@ def parse_content_path(raw_path: str) -> ContentRequest:
             raise BadPath("path is not valid UTF-8") from None
         if "%" in seg:
             raise BadPath("path is encoded more than once")
+        if "/" in seg:
+            raise BadPath("an encoded slash is not a path separator here")
         decoded.append(seg)
     token, title_id, rest = decoded[0], decoded[1], decoded[2:]
     if not _TOKEN_RE.fullmatch(token):

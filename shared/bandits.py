@@ -35,8 +35,10 @@ import numpy as np
 from .errors import InvalidInput
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
 MAX_ARMS = 10_000
+MAX_GROUPS = 10_000
 MAX_DIM = 512
 _FORMAT = 1
 
@@ -129,6 +131,7 @@ class LinearBandit:
         self._index: dict[str, int] = {}
         self._a_inv = np.zeros((0, dim, dim))
         self._b = np.zeros((0, dim))
+        self._theta = np.zeros((0, dim))
         self._n = np.zeros(0, dtype=np.int64)
 
     @property
@@ -156,6 +159,7 @@ class LinearBandit:
             self._index[arm] = i
             self._a_inv = np.concatenate([self._a_inv, (np.eye(self.dim) / self.ridge)[None]])
             self._b = np.concatenate([self._b, np.zeros((1, self.dim))])
+            self._theta = np.concatenate([self._theta, np.zeros((1, self.dim))])
             self._n = np.concatenate([self._n, np.zeros(1, dtype=np.int64)])
         return i
 
@@ -163,34 +167,63 @@ class LinearBandit:
         """Mean and standard deviation of ``x·θ`` per arm (prior for arms never seen)."""
         mean = np.zeros(len(arms))
         std = np.full(len(arms), math.sqrt(float(x @ x) / self.ridge))
-        known = [(j, self._index[a]) for j, a in enumerate(arms) if a in self._index]
-        if known:
-            js, idx = (np.array(v) for v in zip(*known, strict=True))
-            a_inv = self._a_inv[idx]
-            theta = np.einsum("kij,kj->ki", a_inv, self._b[idx])
-            mean[js] = theta @ x
-            std[js] = np.sqrt(np.maximum(np.einsum("i,kij,j->k", x, a_inv, x), 0.0))
+        get = self._index.get
+        idx = np.fromiter((get(a, -1) for a in arms), dtype=np.int64, count=len(arms))
+        known = idx >= 0
+        if known.any():
+            idx = idx[known]
+            mean[known] = self._theta[idx] @ x
+            std[known] = np.sqrt(np.maximum((self._a_inv[idx] @ x) @ x, 0.0))
         return mean, std
 
-    def _greedy_probabilities(self, x: FloatArray, arms: Sequence[str]) -> FloatArray:
+    def _greedy(self, mean: FloatArray, std: FloatArray, starts: IntArray,
+                seg: IntArray) -> tuple[FloatArray, IntArray]:
+        """Per arm, the probability of being picked without exploration (sums to 1 in each group),
+        and one such pick per group (flat indices)."""
         raise NotImplementedError
+
+    def _groups(self, groups: Sequence[Sequence[str]]) -> tuple[list[str], IntArray, IntArray, IntArray]:
+        if not groups or len(groups) > MAX_GROUPS:
+            raise BanditError(f"need 1..{MAX_GROUPS} groups of arms")
+        for arms in groups:
+            _check_arms(arms)
+        flat = [a for arms in groups for a in arms]
+        if len(flat) > MAX_ARMS * 10:
+            raise BanditError(f"{len(flat)} arms in one call; at most {MAX_ARMS * 10}")
+        sizes = np.array([len(arms) for arms in groups])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        return flat, sizes, starts, np.repeat(np.arange(len(groups)), sizes)
 
     def probabilities(self, context: FloatArray, arms: Sequence[str]) -> FloatArray:
         """The probability of each arm under the policy right now (TS: a Monte Carlo estimate)."""
         _check_arms(arms)
         x = self._check_context(context)
         eps = self.epsilon
-        return (1 - eps) * self._greedy_probabilities(x, arms) + eps / len(arms)
+        mean, std = self._posterior(x, arms)
+        greedy, _ = self._greedy(mean, std, np.zeros(1, dtype=np.int64), np.zeros(len(arms), dtype=np.int64))
+        out: FloatArray = (1 - eps) * greedy + eps / len(arms)
+        return out
 
     def choose(self, context: FloatArray, arms: Sequence[str]) -> tuple[str, float]:
         """Pick an arm; returns it with its propensity (always > 0 while ε > 0)."""
-        _check_arms(arms)
+        return self.choose_many(context, [arms])[0]
+
+    def choose_many(self, context: FloatArray, groups: Sequence[Sequence[str]]) -> list[tuple[str, float]]:
+        """One independent choice per group for the same context, vectorised.
+
+        This is the edge's hot path: one home page picks an artwork for each of hundreds of titles,
+        and one numpy pass over all their arms costs far less than hundreds of small ones.
+        """
+        flat, sizes, starts, seg = self._groups(groups)
         x = self._check_context(context)
         eps = self.epsilon
-        greedy = self._greedy_probabilities(x, arms)
-        explore = self._rng.random() < eps
-        j = int(self._rng.integers(len(arms)) if explore else self._rng.choice(len(arms), p=greedy))
-        return arms[j], float((1 - eps) * greedy[j] + eps / len(arms))
+        mean, std = self._posterior(x, flat)
+        greedy, picks = self._greedy(mean, std, starts, seg)
+        explore = self._rng.random(len(sizes)) < eps
+        uniform = starts + np.minimum((self._rng.random(len(sizes)) * sizes).astype(np.int64), sizes - 1)
+        chosen = np.where(explore, uniform, picks)
+        props = (1 - eps) * greedy[chosen] + eps / sizes
+        return [(flat[i], float(p)) for i, p in zip(chosen.tolist(), props.tolist(), strict=True)]
 
     def update(self, context: FloatArray, arm: str, reward: float) -> None:
         x = self._check_context(context)
@@ -201,6 +234,7 @@ class LinearBandit:
         ax = a_inv @ x
         self._a_inv[i] = a_inv - np.outer(ax, ax) / (1.0 + x @ ax)
         self._b[i] += reward * x
+        self._theta[i] = self._a_inv[i] @ self._b[i]
         self._n[i] += 1
         self.updates += 1
 
@@ -244,6 +278,7 @@ class LinearBandit:
             raise BanditError(f"{path}: bad header: {str(exc)[:200]}") from None
         bandit._index = {a: i for i, a in enumerate(arms)}
         bandit._a_inv, bandit._b, bandit._n = a_inv.astype(np.float64), b.astype(np.float64), n.astype(np.int64)
+        bandit._theta = np.einsum("kij,kj->ki", bandit._a_inv, bandit._b)
         return bandit
 
 
@@ -252,12 +287,14 @@ class LinUCB(LinearBandit):
 
     kind = "linucb"
 
-    def _greedy_probabilities(self, x: FloatArray, arms: Sequence[str]) -> FloatArray:
-        mean, std = self._posterior(x, arms)
+    def _greedy(self, mean: FloatArray, std: FloatArray, starts: IntArray,
+                seg: IntArray) -> tuple[FloatArray, IntArray]:
         ucb = mean + self.alpha * std
-        best = (ucb >= ucb.max() - 1e-12).astype(np.float64)
-        out: FloatArray = best / best.sum()
-        return out
+        tied = ucb >= np.maximum.reduceat(ucb, starts)[seg] - 1e-12
+        probs: FloatArray = tied / np.add.reduceat(tied.astype(np.float64), starts)[seg]
+        # Ties are broken uniformly: the largest random key among the tied arms of each group.
+        key = np.where(tied, 1.0 + self._rng.random(len(ucb)), 0.0)
+        return probs, _first_per_group(key >= np.maximum.reduceat(key, starts)[seg], seg)
 
 
 class LinearThompson(LinearBandit):
@@ -265,23 +302,24 @@ class LinearThompson(LinearBandit):
 
     kind = "thompson"
 
-    def _scores(self, x: FloatArray, arms: Sequence[str]) -> FloatArray:
-        mean, std = self._posterior(x, arms)
-        return mean + self.alpha * std * self._rng.standard_normal((self.mc_draws, len(arms)))
+    def _greedy(self, mean: FloatArray, std: FloatArray, starts: IntArray,
+                seg: IntArray) -> tuple[FloatArray, IntArray]:
+        # Arms along axis 0: reduceat over contiguous rows is several times faster than over columns.
+        draws = self._rng.standard_normal((len(mean), self.mc_draws))
+        scores = mean[:, None] + (self.alpha * std)[:, None] * draws
+        wins = scores >= np.maximum.reduceat(scores, starts, axis=0)[seg]
+        probs: FloatArray = np.count_nonzero(wins, axis=1) / self.mc_draws
+        # Ties between continuous draws have probability zero, except between identical prior arms'
+        # means when alpha is 0: renormalise so each group still sums to one.
+        probs = probs / np.add.reduceat(probs, starts)[seg]
+        return probs, _first_per_group(wins[:, 0], seg)
 
-    def _greedy_probabilities(self, x: FloatArray, arms: Sequence[str]) -> FloatArray:
-        wins = np.bincount(np.argmax(self._scores(x, arms), axis=1), minlength=len(arms))
-        out: FloatArray = wins / wins.sum()
-        return out
 
-    def choose(self, context: FloatArray, arms: Sequence[str]) -> tuple[str, float]:
-        _check_arms(arms)
-        x = self._check_context(context)
-        eps = self.epsilon
-        winners = np.argmax(self._scores(x, arms), axis=1)
-        share = np.bincount(winners, minlength=len(arms)) / len(winners)
-        j = int(self._rng.integers(len(arms))) if self._rng.random() < eps else int(winners[0])
-        return arms[j], float((1 - eps) * share[j] + eps / len(arms))
+def _first_per_group(mask: np.ndarray[Any, np.dtype[np.bool_]], seg: IntArray) -> IntArray:
+    hits = np.flatnonzero(mask)
+    _, first = np.unique(seg[hits], return_index=True)
+    out: IntArray = hits[first]
+    return out
 
 
 class Uniform:

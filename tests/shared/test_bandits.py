@@ -206,3 +206,35 @@ def test_epsilon_decays_to_its_floor() -> None:
     for _ in range(1000):
         bandit.update(np.ones(2), "a", 0.0)
     assert bandit.epsilon == 0.01
+
+
+@pytest.mark.parametrize("cls", [LinUCB, LinearThompson])
+def test_choose_many_matches_per_group_probabilities(cls: type[LinearBandit]) -> None:
+    """The batched path the edge uses for a whole page: each group is its own honest choice."""
+    rng = np.random.default_rng(12)
+    bandit = cls(ENC.dim, alpha=0.5, epsilon=0.2, epsilon_decay=1e12, mc_draws=4000, seed=13)
+    for _ in range(300):
+        x, p = draw_context(rng)
+        j = int(rng.integers(len(ARMS)))
+        bandit.update(x, ARMS[j], float(rng.random() < p[j]))
+    groups = [ARMS, ARMS[:2], ["art-docs", "never-seen"], ["art-generic"]]
+    x, _ = draw_context(rng)
+    probs = [bandit.probabilities(x, g) for g in groups]
+    counts = [dict.fromkeys(g, 0) for g in groups]
+    rounds = 2000
+    for _ in range(rounds):
+        picks = bandit.choose_many(x, groups)
+        assert len(picks) == len(groups)
+        for g, pr, cnt, (arm, propensity) in zip(groups, probs, counts, picks, strict=True):
+            assert arm in g
+            assert propensity == pytest.approx(pr[g.index(arm)], abs=0.03 if cls is LinearThompson else 1e-9)
+            cnt[arm] += 1
+    for g, pr, cnt in zip(groups, probs, counts, strict=True):
+        np.testing.assert_allclose([cnt[a] / rounds for a in g], pr, atol=0.04)
+    assert counts[3] == {"art-generic": rounds}
+    with pytest.raises(BanditError, match="groups"):
+        bandit.choose_many(x, [])
+    with pytest.raises(BanditError, match="no arms"):
+        bandit.choose_many(x, [ARMS, []])
+    with pytest.raises(BanditError, match="unique"):
+        bandit.choose_many(x, [ARMS, ["a", "a"]])

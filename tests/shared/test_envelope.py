@@ -108,7 +108,7 @@ def test_random_bytes_only_raise_envelope_errors(payload: bytes) -> None:
         pass
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.sampled_from(REGISTRY.names()), json_values, st.dictionaries(
     st.sampled_from(["type", "v", "id", "sender", "ts", "body", "zzz"]), json_values, max_size=4))
 def test_mutated_envelopes_only_raise_envelope_errors(mtype: str, body: object, mutation: dict[str, object]) -> None:

@@ -46,7 +46,7 @@ from .signing import Signer, verify
 FORMAT = 1
 METADATA_NAME = "metadata.json"
 FEATURE_SPEC_NAME = "feature_spec.json"
-MODEL_NAMES = ("model.ubj", "model.json")
+MODEL_SUFFIXES = (".ubj", ".json")
 SUFFIX = ".ncb"
 
 _STATEMENT_PREFIX = b"nearcast-model-bundle/v1\n"
@@ -83,14 +83,15 @@ class BundleMetadata:
 
     format: int
     version: str
-    model: str
+    model: str  # the XGBoost ranker in its own UBJSON or JSON format
     training_window: TrainingWindow
     offline_metrics: dict[str, float] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)
+    feature_spec: str = FEATURE_SPEC_NAME
     notes: str = ""
 
     def to_json(self) -> bytes:
-        doc = {"format": self.format, "version": self.version, "model": self.model,
+        doc = {"format": self.format, "version": self.version, "model": self.model, "feature_spec": self.feature_spec,
                "training_window": {"start": self.training_window.start, "end": self.training_window.end},
                "offline_metrics": dict(sorted(self.offline_metrics.items())), "tables": sorted(self.tables),
                "notes": self.notes}
@@ -111,7 +112,7 @@ class OpenedBundle:
 
     @property
     def feature_spec_path(self) -> Path:
-        return self.path / FEATURE_SPEC_NAME
+        return self.path / self.metadata.feature_spec
 
     def feature_spec(self) -> Any:
         return json.loads(self.feature_spec_path.read_text())
@@ -162,8 +163,12 @@ def parse_metadata(raw: bytes, limits: Limits = Limits()) -> BundleMetadata:
         check_id(meta.version, "model version")
     except InvalidInput as exc:
         raise BundleError(str(exc)) from None
-    if meta.model not in MODEL_NAMES:
-        raise BundleError(f"model file must be one of {', '.join(MODEL_NAMES)}, not {meta.model[:80]!r}")
+    _check_name(meta.model)
+    if not meta.model.endswith(MODEL_SUFFIXES) or meta.model == METADATA_NAME:
+        raise BundleError(f"model file must end in {' or '.join(MODEL_SUFFIXES)}, not {meta.model[:80]!r}")
+    _check_name(meta.feature_spec)
+    if not meta.feature_spec.endswith(".json") or meta.feature_spec == METADATA_NAME:
+        raise BundleError(f"feature spec must be a .json file other than {METADATA_NAME}")
     for table in meta.tables:
         _check_name(table)
         if not table.endswith(".npz"):
@@ -173,7 +178,7 @@ def parse_metadata(raw: bytes, limits: Limits = Limits()) -> BundleMetadata:
 
 
 def _required(meta: BundleMetadata) -> set[str]:
-    return {METADATA_NAME, FEATURE_SPEC_NAME, meta.model, *meta.tables}
+    return {METADATA_NAME, meta.feature_spec, meta.model, *meta.tables}
 
 
 # --- building (control plane) -------------------------------------------------------------------
@@ -200,9 +205,9 @@ def pack(src: Path, limits: Limits = Limits()) -> tuple[BundleMetadata, bytes]:
     if len(files) > limits.max_members:
         raise BundleError(f"{len(files)} files; at most {limits.max_members} allowed")
     try:
-        json.loads((src / FEATURE_SPEC_NAME).read_bytes())
+        json.loads((src / meta.feature_spec).read_bytes())
     except (ValueError, RecursionError):
-        raise BundleError(f"{FEATURE_SPEC_NAME} is not JSON") from None
+        raise BundleError(f"{meta.feature_spec} is not JSON") from None
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel in sorted(files):

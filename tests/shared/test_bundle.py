@@ -90,6 +90,22 @@ def test_json_model_is_accepted(tmp_path: Path, signer: Signer, keys: dict[str, 
     json.loads(opened.model_path.read_text())
 
 
+def test_recommender_layout_with_named_model_and_spec(tmp_path: Path, signer: Signer,
+                                                     keys: dict[str, bytes]) -> None:
+    """control/recs saves ranker.ubj, pipeline.json and generators/*.npz: metadata names them."""
+    src = make_source(tmp_path, "v4")
+    (src / "model.ubj").rename(src / "ranker.ubj")
+    (src / "feature_spec.json").rename(src / "pipeline.json")
+    (src / "generators").mkdir()
+    np.savez(src / "generators" / "als.npz", factors=np.ones((3, 2)))
+    meta = BundleMetadata(1, "v4", "ranker.ubj", TrainingWindow("a", "b"), feature_spec="pipeline.json")
+    (src / "metadata.json").write_bytes(meta.to_json())
+    desc = bundle.build(src, tmp_path / "out", signer, "http://x")
+    opened = bundle.open_bundle(tmp_path / "out" / "v4.ncb", desc, keys, tmp_path / "m")
+    assert opened.model_path.name == "ranker.ubj" and opened.feature_spec()["features"][0] == "demand"
+    assert (opened.path / "generators" / "als.npz").is_file() and (opened.path / "tables").is_dir()
+
+
 def built(tmp_path: Path, signer: Signer) -> tuple[Path, ModelDescriptor]:
     desc = bundle.build(make_source(tmp_path), tmp_path / "out", signer, "http://x")
     return tmp_path / "out" / "v2.ncb", desc
@@ -239,7 +255,10 @@ def test_bad_metadata_is_refused(tmp_path: Path, signer: Signer, keys: dict[str,
         (json.dumps({**good, "extra": 1}).encode(), "extra"),
         (json.dumps({**good, "version": "v3"}).encode(), "holds version 'v3'"),
         (json.dumps({**good, "format": 2}).encode(), "format 2"),
-        (json.dumps({**good, "model": "../model.ubj"}).encode(), "model file"),
+        (json.dumps({**good, "model": "../model.ubj"}).encode(), "plain relative"),
+        (json.dumps({**good, "model": "model.pkl"}).encode(), "model file"),
+        (json.dumps({**good, "feature_spec": "/etc/passwd.json"}).encode(), "plain relative"),
+        (json.dumps({**good, "feature_spec": "metadata.json"}).encode(), "feature spec"),
         (json.dumps({**good, "tables": ["missing.npz"]}).encode(), "missing missing.npz"),
         (json.dumps({**good, "offline_metrics": {"x": "high"}}).encode(), "offline_metrics"),
         (b'{"format": 1, "version": "v2", "model": "model.ubj", "training_window": {"start": "a", "end": "b"},'

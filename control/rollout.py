@@ -9,7 +9,9 @@ replaying.
 
 Wave membership comes from rendezvous hashing of the appliance ids on the deployment id, so each
 deployment picks a different canary set, every process computes the same one, and a wave is always
-the previous wave plus the next appliances in the same order (waves are supersets by construction).
+the previous wave plus the next appliances in the same order (waves are supersets by construction),
+online ones first: an appliance known to be offline would give the wave no evidence, and it catches
+up from its retained desired state whenever it returns.
 A wave's member set is frozen when the wave starts: appliances that join mid-deployment stay on the
 previous version until the next wave counts them, and every appliance gets the new version once the
 deployment completes.
@@ -31,6 +33,7 @@ from typing import Literal
 from shared import hashring
 from shared.errors import Conflict, InvalidInput
 from shared.ids import check_id
+from shared.schema import decode, encode
 
 Phase = Literal["baking", "completed", "rolled_back"]
 
@@ -158,6 +161,40 @@ class WaveState:
 
 
 @dataclass(frozen=True)
+class WaveSnapshot:
+    index: int
+    percent: float
+    members: list[str]
+    started_at: float
+    baked_at: float | None
+    new: Cohort
+    base: Cohort
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a deployment knows, as JSON: the control plane stores it after every input so a
+    restarted control plane resumes the deployment where it stood."""
+
+    format: int
+    id: str
+    version: str
+    previous: str | None
+    waves: list[float]
+    bake_s: float
+    gates: Gates
+    fleet: list[str]
+    reported: dict[str, str | None]
+    failures: dict[str, str]
+    online: dict[str, bool]
+    prior_base: Cohort
+    phase: Phase
+    reason: str
+    started: list[WaveSnapshot]
+    history: list[Event]
+
+
+@dataclass(frozen=True)
 class ApplianceRollout:
     """What ``model status`` shows for one appliance."""
 
@@ -183,7 +220,7 @@ class Deployment:
 
     def __init__(self, deployment_id: str, version: str, previous: str | None, appliances: Iterable[str],
                  waves: Iterable[float] = (5, 25, 100), bake_s: float = 60.0, gates: Gates | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, offline: Iterable[str] = ()) -> None:
         self.id = check_id(deployment_id, "deployment id")
         self.version = check_id(version, "model version")
         self.previous = None if previous is None else check_id(previous, "model version")
@@ -207,6 +244,8 @@ class Deployment:
         self.reason = ""
         self.history: list[Event] = []
         self.set_appliances(appliances)
+        for a in offline:
+            self._online[a] = False
         if not self._fleet:
             raise RolloutError("a deployment needs at least one appliance")
         self.started: list[WaveState] = []
@@ -327,6 +366,42 @@ class Deployment:
         desired = self.desired()
         return all(self._reported.get(a) == v for a, v in desired.items() if self._online.get(a, True))
 
+    # --- persistence ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        waves = [WaveSnapshot(w.index, w.percent, sorted(w.members), w.started_at, w.baked_at, w.new, w.base)
+                 for w in self.started]
+        snap = Snapshot(1, self.id, self.version, self.previous, self.waves, self.bake_s, self.gates, self._fleet,
+                        self._reported, self._failures, self._online, self._prior_base, self.phase, self.reason,
+                        waves, self.history)
+        out: dict[str, object] = encode(snap)
+        return out
+
+    @classmethod
+    def restore(cls, data: object) -> Deployment:
+        """Rebuild a deployment from :meth:`snapshot` output, re-checking everything it declares."""
+        snap = decode(Snapshot, data, "deployment")
+        if snap.format != 1:
+            raise RolloutError(f"deployment snapshot format {snap.format} is not supported")
+        if not snap.started:
+            raise RolloutError("deployment snapshot has no started wave")
+        dep = cls(snap.id, snap.version, snap.previous, snap.fleet, snap.waves, snap.bake_s, snap.gates,
+                  snap.started[0].started_at)
+        previous: frozenset[str] = frozenset()
+        started = []
+        for i, w in enumerate(snap.started):
+            members = frozenset(w.members)
+            if w.index != i or i >= len(dep.waves) or w.percent != dep.waves[i] or not previous <= members:
+                raise RolloutError(f"deployment snapshot wave {i} is inconsistent")
+            started.append(WaveState(i, w.percent, members, w.started_at, w.baked_at, w.new, w.base))
+            previous = members
+        dep.started = started
+        dep._reported, dep._failures = dict(snap.reported), dict(snap.failures)
+        dep._online.update(snap.online)
+        dep._prior_base, dep.phase, dep.reason, dep.history = snap.prior_base, snap.phase, snap.reason, \
+            list(snap.history)
+        return dep
+
     # --- internals --------------------------------------------------------------------------------
 
     def _baseline(self) -> Cohort | None:
@@ -338,7 +413,9 @@ class Deployment:
         previous = self.started[-1].members if self.started else frozenset[str]()
         target = wave_size(self.waves[index], len(self._order))
         members = set(previous)
-        for a in self._order:
+        # Online appliances first (in rendezvous order): an offline canary would give no evidence.
+        online = [a for a in self._order if self._online.get(a, True)]
+        for a in online + [a for a in self._order if not self._online.get(a, True)]:
             if len(members) >= target:
                 break
             members.add(a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -146,6 +148,16 @@ def test_offline_appliance_converges_when_it_returns() -> None:
     assert (row.desired, row.reported, row.online) == ("v2", "v2", True)
 
 
+def test_known_offline_appliances_are_not_picked_as_canaries() -> None:
+    f = fleet(20)
+    first = Deployment("d15", "v2", "v1", f.ids).current.members
+    dep = Deployment("d15", "v2", "v1", f.ids, bake_s=60, gates=GATES, offline=first)
+    assert dep.current.members.isdisjoint(first) and len(dep.current.members) == 1
+    f.offline = set(first)
+    run(dep, f)
+    assert dep.phase == "completed"
+
+
 def test_silent_online_member_times_out() -> None:
     f = fleet(10)
     dep = Deployment("d7", "v2", "v1", f.ids, bake_s=60, gates=Gates(min_requests=100, ack_timeout_s=120))
@@ -264,9 +276,7 @@ def test_invariants_hold_for_any_fleet(n: int, cuts: list[float], bad_wave: int 
     f = fleet(n)
     f.offline = {f.ids[i] for i in offline if i < n}
     dep = Deployment(dep_id, "v2", "v1", f.ids, waves=waves, bake_s=30,
-                     gates=Gates(min_requests=50, ack_timeout_s=60, max_wait_s=400))
-    for a in f.offline:
-        dep.set_online(a, False)
+                     gates=Gates(min_requests=50, ack_timeout_s=60, max_wait_s=400), offline=f.offline)
     t = 0.0
     while dep.phase == "baking" and t < 5000:
         if bad_wave is not None and dep.current.index == bad_wave:
@@ -294,3 +304,39 @@ def test_invariants_hold_for_any_fleet(n: int, cuts: list[float], bad_wave: int 
     f.offline.clear()
     f.step(dep, t + 20)
     assert dep.converged()
+
+
+def test_snapshot_restores_mid_deployment_and_continues_identically() -> None:
+    f = fleet(20)
+    dep = Deployment("d13", "v2", "v1", f.ids, bake_s=60, gates=GATES)
+    t = 0.0
+    while dep.current.index < 1:
+        t += 10
+        f.step(dep, t)
+    snap = json.loads(json.dumps(dep.snapshot()))  # through real JSON, as the store keeps it
+    restored = Deployment.restore(snap)
+    assert restored.desired() == dep.desired() and restored.history == dep.history
+    f2 = copy.deepcopy(f)
+    while dep.phase == "baking":
+        t += 10
+        f.step(dep, t)
+        f2.step(restored, t)
+    assert restored.phase == dep.phase == "completed"
+    assert restored.history == dep.history and restored.status() == dep.status()
+
+
+def test_malformed_snapshots_are_refused() -> None:
+    dep = Deployment("d14", "v2", "v1", [f"a{i}" for i in range(10)], gates=GATES)
+    good = dep.snapshot()
+    started = good["started"]
+    assert isinstance(started, list)
+    bad_cases: list[object] = [
+        None, [], {**good, "format": 2}, {**good, "started": []}, {**good, "phase": "exploded"},
+        {**good, "waves": [50, 10, 100]}, {**good, "fleet": ["../x"]}, {**good, "extra": 1},
+        {**good, "gates": {**good["gates"], "max_p99_ratio": 0.1}},  # type: ignore[dict-item]
+        {**good, "started": [{**started[0], "index": 3}]},
+        {**good, "started": [{**started[0], "percent": 50.0}]},
+    ]
+    for bad in bad_cases:
+        with pytest.raises(InvalidInput):
+            Deployment.restore(bad)

@@ -330,6 +330,16 @@ def _unpack(path: Path, staging: Path, limits: Limits) -> set[str]:
     return seen
 
 
+def clean_staging(models_dir: Path) -> list[Path]:
+    """Remove staging directories a crash left behind (call once at start-up, before opening bundles)."""
+    removed = []
+    for path in models_dir.glob(".*.staging") if models_dir.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def open_bundle(path: Path, desc: ModelDescriptor, public_keys: Mapping[str, bytes], dest: Path,
                 limits: Limits = Limits()) -> OpenedBundle:
     """Verify ``path`` against ``desc`` and unpack it to ``dest`` (which must not exist yet).

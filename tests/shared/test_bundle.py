@@ -294,3 +294,13 @@ def test_existing_destination_is_not_overwritten(tmp_path: Path, signer: Signer,
     with pytest.raises(BundleError, match="already exists"):
         bundle.open_bundle(path, desc, keys, tmp_path / "m" / "v2")
     assert (tmp_path / "m" / "v2" / "keep").read_text() == "current model"
+
+
+def test_leftover_staging_is_cleaned(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / ".v2.abc.staging").mkdir(parents=True)
+    (models / ".v2.abc.staging" / "half").write_bytes(b"x")
+    (models / "v1").mkdir()
+    assert bundle.clean_staging(models) == [models / ".v2.abc.staging"]
+    assert [p.name for p in models.iterdir()] == ["v1"]
+    assert bundle.clean_staging(tmp_path / "missing") == []

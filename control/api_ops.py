@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -31,10 +32,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-def _limit(request: web.Request, default: int, hi: int) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= hi:
-        raise InvalidInput(f"limit must be an integer in 1..{hi}")
+def int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """A bounded integer query parameter; ASCII digits only (``str.isdigit`` accepts ``²``)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,12}", raw) or not lo <= int(raw) <= hi:
+        raise InvalidInput(f"{name} must be an integer in {lo}..{hi}")
     return int(raw)
 
 
@@ -62,11 +66,9 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
-    before = request.query.get("before")
-    if before is not None and not before.isdigit():
-        raise InvalidInput("before must be an audit id")
-    items = await request.app[CTX].store.audit_log(limit=_limit(request, 100, 1000),
-                                                   before_id=int(before) if before else None)
+    limit = int_param(request, "limit", 100, 1, 1000) or 100
+    before = int_param(request, "before", None, 1, 2**62)
+    items = await request.app[CTX].store.audit_log(limit=limit, before_id=before)
     return web.json_response({"entries": [{"id": e.id, "ts": e.ts, "actor": e.actor, "action": e.action,
                                            "target": e.target, "detail": e.detail} for e in items]})
 

@@ -11,17 +11,13 @@ from shared.errors import InvalidInput
 from shared.ids import check_id
 
 from . import play
+from .api_ops import int_param
 from .context import CTX, ControlContext
 from .steering import MAX_ANSWERS, SteeringDecision, Verdict
 
 
 def _count(request: web.Request, default: int) -> int:
-    raw = request.query.get("count")
-    if raw is None:
-        return min(default, MAX_ANSWERS)
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ANSWERS:
-        raise InvalidInput(f"count must be an integer in 1..{MAX_ANSWERS}")
-    return int(raw)
+    return int_param(request, "count", min(default, MAX_ANSWERS), 1, MAX_ANSWERS) or 1
 
 
 def _verdict(v: Verdict) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 OBJ = {"type": "object"}
+HOURS = {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 9600}
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 
 META_PROPS: dict[str, Any] = {
@@ -76,10 +77,10 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
     ("post", "/v1/fill/plan", "Plan and publish desired fill state.", False, [], None, 200),
     ("get", "/v1/fill/status", "Fill progress per appliance.", False, [], None, 200),
     ("get", "/v1/telemetry/misses", "Misses by cause per site.", False,
-     [_q("hours", {"type": "number", "exclusiveMinimum": 0, "maximum": 9600})], None, 200),
+     [_q("hours", HOURS)], None, 200),
     ("get", "/v1/telemetry/rollups", "Telemetry rollups.", False,
      [_q("resolution", {"type": "string", "enum": ["60", "3600"]}), _q("appliance", ID),
-      _q("hours", {"type": "number", "exclusiveMinimum": 0, "maximum": 9600})], None, 200),
+      _q("hours", HOURS)], None, 200),
 ]
 
 

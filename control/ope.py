@@ -98,6 +98,72 @@ class Estimate:
         return self.low <= truth <= self.high
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One logged bandit choice: the edge's impression id plus the slot (title) it filled."""
+
+    impression_id: str
+    item: str
+    at: float
+    action: str
+    propensity: float
+    context: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Play:
+    impression_id: str
+    item: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Joined:
+    data: LoggedData
+    unmatched_plays: int  # plays naming no logged choice (or outside the window): a logging health signal
+    duplicate_choices: int
+
+
+def join_rewards(choices: Sequence[Choice], plays: Sequence[Play], arms: Sequence[str],
+                 window_s: float = 3600.0) -> Joined:
+    """Reward 1 for a choice followed by a play of the same slot within ``window_s``, else 0.
+
+    Choices are keyed by (impression id, item), so re-sent events count once; a choice whose action
+    is not in ``arms`` (a retired artwork) is refused rather than silently dropped.
+    """
+    if not (math.isfinite(window_s) and window_s > 0):
+        raise OpeError("window must be finite and > 0")
+    index = {a: i for i, a in enumerate(arms)}
+    if len(index) != len(arms):
+        raise OpeError("arms must be unique")
+    by_key: dict[tuple[str, str], Choice] = {}
+    duplicates = 0
+    for c in choices:
+        if c.action not in index:
+            raise OpeError(f"choice {c.impression_id[:64]!r} took unknown action {c.action[:64]!r}")
+        key = (c.impression_id, c.item)
+        if key in by_key:
+            duplicates += 1
+            continue
+        by_key[key] = c
+    played: set[tuple[str, str]] = set()
+    unmatched = 0
+    for p in plays:
+        hit = by_key.get((p.impression_id, p.item))
+        if hit is None or not hit.at <= p.at <= hit.at + window_s:
+            unmatched += 1
+        else:
+            played.add((p.impression_id, p.item))
+    rows = list(by_key.values())
+    dims = {len(c.context) for c in rows}
+    if len(dims) > 1:
+        raise OpeError(f"contexts have different lengths: {sorted(dims)[:5]}")
+    data = LoggedData.from_arrays([c.context for c in rows], [index[c.action] for c in rows],
+                                  [c.propensity for c in rows],
+                                  [float((c.impression_id, c.item) in played) for c in rows], len(arms))
+    return Joined(data, unmatched, duplicates)
+
+
 def policy_probabilities(policy: Policy, contexts: FloatArray, arms: Sequence[str]) -> FloatArray:
     """π(a | x_i) for every logged context: the target-policy input of the estimators."""
     return np.stack([policy.probabilities(x, arms) for x in contexts])

@@ -131,3 +131,32 @@ def test_malformed_logs_and_targets_are_refused() -> None:
 def test_estimate_covers() -> None:
     e = Estimate("ips", 0.5, 0.4, 0.6, 10, 10.0)
     assert e.covers(0.45) and not e.covers(0.7)
+
+
+def test_join_rewards_by_impression_and_slot() -> None:
+    arms = ["art-a", "art-b"]
+    choices = [
+        ope.Choice("imp1", "t1", 100.0, "art-a", 0.5, (1.0, 0.0)),
+        ope.Choice("imp1", "t2", 100.0, "art-b", 0.25, (1.0, 0.0)),
+        ope.Choice("imp2", "t1", 200.0, "art-b", 0.75, (0.0, 1.0)),
+        ope.Choice("imp2", "t1", 200.0, "art-b", 0.75, (0.0, 1.0)),  # re-sent
+    ]
+    plays = [
+        ope.Play("imp1", "t2", 150.0),
+        ope.Play("imp1", "t2", 160.0),  # a second play of the same slot still counts once
+        ope.Play("imp2", "t1", 200.0 + 7200),  # outside the window
+        ope.Play("imp9", "t1", 300.0),  # no such impression
+    ]
+    joined = ope.join_rewards(choices, plays, arms, window_s=3600)
+    assert joined.data.rewards.tolist() == [0.0, 1.0, 0.0]
+    assert joined.data.actions.tolist() == [0, 1, 1]
+    assert joined.data.propensities.tolist() == [0.5, 0.25, 0.75]
+    assert (joined.unmatched_plays, joined.duplicate_choices) == (2, 1)
+    with pytest.raises(OpeError, match="unknown action"):
+        ope.join_rewards([ope.Choice("i", "t", 0.0, "art-z", 0.5, (1.0,))] * 2, [], arms)
+    with pytest.raises(OpeError, match="different lengths"):
+        ope.join_rewards([choices[0], ope.Choice("i", "t", 0.0, "art-a", 0.5, (1.0,))], [], arms)
+    with pytest.raises(OpeError, match="propensities"):
+        ope.join_rewards([choices[0], ope.Choice("i", "t", 0.0, "art-a", 0.0, (1.0, 0.0))], [], arms)
+    with pytest.raises(OpeError, match="window"):
+        ope.join_rewards(choices, plays, arms, window_s=float("nan"))

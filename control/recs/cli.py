@@ -144,3 +144,7 @@ def _write_csv(path: Path, users: list[str], item_ids: tuple[str, ...], idx: npt
 def main() -> None:  # pragma: no cover - convenience for `python -m control.recs.cli`
     group = click.Group(commands={"eval": eval_command, "offline": offline_command})
     group(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

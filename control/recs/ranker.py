@@ -48,6 +48,7 @@ class Ranker:
         self.feature_names = feature_names
         self.params = params or RankerParams()
         self.booster: xgb.Booster | None = None
+        self.best_iteration: int | None = None
 
     def fit(self, x: F32, y: F32, groups: npt.NDArray[np.int64], *, valid_share: float = 0.2) -> Ranker:
         """Train on rows grouped by profile (``groups`` sorted); a seeded share of groups stops early."""
@@ -63,27 +64,30 @@ class Ranker:
         self.booster = xgb.train(self.params.booster_params(), dtrain, num_boost_round=self.params.rounds,
                                  evals=[(dvalid, "valid")], early_stopping_rounds=self.params.early_stopping,
                                  verbose_eval=False)
+        self.best_iteration = int(self.booster.best_iteration)
         return self
 
     def predict(self, x: F32) -> F32:
         if self.booster is None:
             raise ModelError("ranker: predict() called before fit()")
         dm = xgb.DMatrix(x, feature_names=list(self.feature_names))
-        best = self.booster.best_iteration if self.booster.attr("best_iteration") is not None else None
-        rng = (0, best + 1) if best is not None else (0, 0)
-        return np.asarray(self.booster.predict(dm, iteration_range=rng), dtype=np.float32)
+        rounds = (0, self.best_iteration + 1) if self.best_iteration is not None else (0, 0)
+        return np.asarray(self.booster.predict(dm, iteration_range=rounds), dtype=np.float32)
 
     def save(self, directory: Path) -> None:
         if self.booster is None:
             raise ModelError("ranker: nothing to save before fit()")
         self.booster.save_model(directory / "ranker.ubj")
-        (directory / "ranker.json").write_text(json.dumps({"features": list(self.feature_names)}))
+        spec = {"features": list(self.feature_names), "best_iteration": self.best_iteration}
+        (directory / "ranker.json").write_text(json.dumps(spec))
 
     @classmethod
     def load(cls, directory: Path) -> Ranker:
         try:
             spec = json.loads((directory / "ranker.json").read_text())
             ranker = cls(tuple(spec["features"]))
+            best = spec["best_iteration"]
+            ranker.best_iteration = None if best is None else int(best)
             booster = xgb.Booster()
             booster.load_model(directory / "ranker.ubj")
         except (OSError, ValueError, KeyError, xgb.core.XGBoostError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,18 @@ def write_movielens(root: Path, inter: Interactions, catalog: Catalog) -> Path:
         for t in catalog.titles.values():
             fh.write(f'{t.item},"{t.title}",{"|".join(t.genres)}\n')
     return root
+
+
+Synthesize = Callable[..., tuple[Interactions, Catalog]]
+WriteMovielens = Callable[[Path, Interactions, Catalog], Path]
+
+
+@pytest.fixture(scope="session")
+def make_synthetic() -> Synthesize:
+    """The generator itself, for tests that need a log of another size (importlib mode forbids importing conftest)."""
+    return synthetic
+
+
+@pytest.fixture(scope="session")
+def movielens_writer() -> WriteMovielens:
+    return write_movielens

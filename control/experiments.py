@@ -97,7 +97,8 @@ class Experiment:
         return tuple(bounds)
 
     def bucket(self, profile_id: str) -> int:
-        digest = hashlib.sha256(self.salt.encode() + b"\x00" + _profile_bytes(profile_id)).digest()
+        salt = self.salt.encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(salt + b"\x00" + _profile_bytes(profile_id)).digest()
         return int.from_bytes(digest[:8], "big") % BUCKETS
 
     def assign(self, profile_id: str) -> Cell:
@@ -308,7 +309,7 @@ class Interleaving:
 
 
 def _coin(key: str, round_: int) -> bool:
-    return hashlib.sha256(f"{key}\x00{round_}".encode()).digest()[0] & 1 == 1
+    return hashlib.sha256(f"{key}\x00{round_}".encode("utf-8", "surrogatepass")).digest()[0] & 1 == 1
 
 
 def team_draft(a: Sequence[str], b: Sequence[str], length: int, key: str) -> Interleaving:

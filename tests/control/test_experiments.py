@@ -161,6 +161,9 @@ def test_bad_experiments_are_refused(cells: tuple[Cell, ...], kwargs: dict[str, 
 
 
 def test_bad_profiles_and_outcomes_are_refused() -> None:
+    odd = Experiment("e", "salt-\ud800", EXP.cells)  # lone surrogates arrive through JSON escapes
+    assert odd.assign("profile-\udfff").name in ("control", "treatment")
+    assert ex.team_draft(["a", "b"], ["b", "a"], 2, "imp-\ud800").items
     for bad in ("", "x" * 300, None, 5):
         with pytest.raises(ExperimentError, match="profile id"):
             EXP.assign(bad)  # type: ignore[arg-type]

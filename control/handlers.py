@@ -56,10 +56,31 @@ def telemetry_handler(ctx: ControlContext) -> MqttHandler:
     return handle
 
 
+def _from_file_sets(raw: object, now: float, appliance_id: str) -> list[Holding]:
+    """The edge's progress form: ``{"<title>/<version>": {"state": ..., "bytes": n, "size": n}}``."""
+    if not isinstance(raw, dict) or len(raw) > MAX_HELD:
+        raise InvalidInput("fill ack: file_sets must be an object")
+    out = []
+    for key, prog in raw.items():
+        title_id, _, version = str(key).partition("/")
+        nbytes = prog.get("bytes", 0) if isinstance(prog, dict) else None
+        if not (is_valid_id(title_id) and is_valid_id(version) and isinstance(prog, dict)
+                and isinstance(nbytes, int) and not isinstance(nbytes, bool) and nbytes >= 0):
+            raise InvalidInput("fill ack: file_sets entries are <title>/<version>: {state, bytes}")
+        out.append(Holding(appliance_id, title_id, version, prog.get("state") == "done", nbytes, now))
+    return out
+
+
 def parse_held(detail: dict[str, Any], now: float, appliance_id: str) -> list[Holding] | None:
-    """The ``held`` list of a fill ack: ``[{title_id, version, complete, bytes}]``; None when absent."""
+    """What a fill ack says the appliance holds; None when it says nothing about holdings.
+
+    Two forms: ``held: [{title_id, version, complete, bytes}]`` (every set on disk) or the fill
+    agent's ``file_sets`` progress map (the sets of the acked plan).
+    """
     raw = detail.get("held")
     if raw is None:
+        if "file_sets" in detail:
+            return _from_file_sets(detail["file_sets"], now, appliance_id)
         return None
     if not isinstance(raw, list) or len(raw) > MAX_HELD:
         raise InvalidInput("fill ack: held must be a list")
@@ -93,7 +114,7 @@ def ack_handler(ctx: ControlContext) -> MqttHandler:
         generation = body.detail.get("generation")
         if isinstance(generation, int) and not isinstance(generation, bool):
             progress = body.progress if body.progress is not None and 0 <= body.progress <= 1 else None
-            summary = {k: v for k, v in body.detail.items() if k != "held"}
+            summary = {k: v for k, v in body.detail.items() if k not in ("held", "file_sets")}
             if held is not None:
                 summary["complete"] = sum(1 for h in held if h.complete)
                 summary["filling"] = sum(1 for h in held if not h.complete)

@@ -14,6 +14,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -27,10 +28,12 @@ from .store import Store, TelemetryRow
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
-MAX_METRICS = 256
+# Prometheus-style names with an optional flattened label set, as appliances export them:
+# ``nearcast_edge_cache_misses_total{cause=not_held}``.
+_NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.]{0,127}(\{[A-Za-z0-9_=,.:/ +-]{0,120}\})?")
+_MISS_RE = re.compile(r"(?:miss\.([A-Za-z0-9_]+)|nearcast_edge_cache_misses_total\{cause=([A-Za-z0-9_]+)\})")
+MAX_METRICS = 2048
 MAX_TITLES = 10_000
-MISS_PREFIX = "miss."
 
 
 def _check_values(values: Mapping[str, float], what: str, *, non_negative: bool) -> None:
@@ -38,7 +41,7 @@ def _check_values(values: Mapping[str, float], what: str, *, non_negative: bool)
         raise InvalidInput(f"telemetry has {len(values)} {what}; at most {MAX_METRICS}")
     for name, value in values.items():
         if not _NAME_RE.fullmatch(name):
-            raise InvalidInput(f"telemetry {what[:-1]} name {name[:64]!r} is not [a-z][a-z0-9_.]*")
+            raise InvalidInput(f"telemetry {what[:-1]} name {name[:64]!r} is not a metric name")
         if not math.isfinite(value) or (non_negative and value < 0):
             raise InvalidInput(f"telemetry {what[:-1]} {name} = {value!r} is out of range")
 
@@ -81,6 +84,23 @@ class TelemetryIngest:
         self.flush_interval_s = flush_interval_s
         self._queue: asyncio.Queue[TelemetryRow] = asyncio.Queue(queue_max)
         self.written = 0
+        self._last: dict[str, dict[str, float]] = {}
+
+    def _deltas(self, row: TelemetryRow) -> TelemetryRow:
+        """Counters arrive cumulative (Prometheus semantics); rollups need what happened since the last sample.
+
+        A counter lower than before means the appliance restarted, so its value is the delta.  The
+        first sample heard from an appliance is only a baseline unless it is the appliance's first
+        (``seq`` 1), whose counters started from zero.
+        """
+        previous = self._last.get(row.appliance_id)
+        self._last[row.appliance_id] = dict(row.counters)
+        if previous is None:
+            if row.seq <= 1:
+                return row
+            return replace(row, counters={k: 0.0 for k in row.counters})
+        deltas = {k: (v - previous[k] if k in previous and v >= previous[k] else v) for k, v in row.counters.items()}
+        return replace(row, counters=deltas)
 
     def submit(self, appliance_id: str, sample: Telemetry, ts: float) -> None:
         """Validate and enqueue; raises :class:`InvalidInput` for a bad sample (the MQTT loop counts it)."""
@@ -89,6 +109,7 @@ class TelemetryIngest:
         except InvalidInput:
             self.metrics.samples.labels("rejected").inc()
             raise
+        row = self._deltas(row)
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -144,12 +165,16 @@ class TelemetryIngest:
 
 
 def misses_by_site(rollups: list[tuple[str, str, float]], sites: Mapping[str, str]) -> dict[str, dict[str, float]]:
-    """``(appliance, counter name, total)`` rows → misses per cause per site (``miss.<cause>`` counters)."""
+    """``(appliance, counter name, total)`` rows → misses per cause per site.
+
+    Miss counters are ``nearcast_edge_cache_misses_total{cause=...}`` (what the edge exports) or ``miss.<cause>``.
+    """
     out: dict[str, dict[str, float]] = {}
     for appliance_id, name, total in rollups:
-        if not name.startswith(MISS_PREFIX):
+        m = _MISS_RE.fullmatch(name)
+        if m is None:
             continue
         site = sites.get(appliance_id, "unknown")
-        cause = name[len(MISS_PREFIX):]
+        cause = m.group(1) or m.group(2)
         out.setdefault(site, {})[cause] = out.get(site, {}).get(cause, 0.0) + total
     return out

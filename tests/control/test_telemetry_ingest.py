@@ -25,7 +25,8 @@ def test_validate_refuses_out_of_range_samples() -> None:
         Telemetry(1, 10.0, {"bytes": -1.0}),
         Telemetry(1, 10.0, {"bytes": float("inf")}),
         Telemetry(1, 10.0, {"Bad Name": 1.0}),
-        Telemetry(1, 10.0, {f"m{i}": 1.0 for i in range(300)}),
+        Telemetry(1, 10.0, {"x{a=\n}": 1.0}),
+        Telemetry(1, 10.0, {f"m{i}": 1.0 for i in range(3000)}),
         Telemetry(1, 10.0, gauges={"load": float("nan")}),
         Telemetry(1, 10.0, titles={"t/../x": TitleDemand(1, 1)}),
         Telemetry(1, 10.0, titles={"t1": TitleDemand(-1, 1)}),
@@ -36,7 +37,8 @@ def test_validate_refuses_out_of_range_samples() -> None:
 
 
 def test_misses_by_site_sums_causes() -> None:
-    rows = [("a", "miss.not_held", 3.0), ("b", "miss.not_held", 2.0), ("b", "miss.filling", 1.0),
+    rows = [("a", "miss.not_held", 3.0), ("b", "nearcast_edge_cache_misses_total{cause=not_held}", 2.0),
+            ("b", "miss.filling", 1.0),
             ("a", "bytes", 99.0), ("z", "miss.x", 1.0)]
     assert misses_by_site(rows, {"a": "s1", "b": "s1"}) == {
         "s1": {"not_held": 5.0, "filling": 1.0}, "unknown": {"x": 1.0}}
@@ -70,7 +72,7 @@ async def test_garbage_wrong_version_and_oversized_are_rejected_and_counted(cont
         await eventually(lambda: _rejected(control) >= len(garbage))
         # The loop lives: a valid sample after all that is stored and counted in the rollups.
         await client.publish(topic, REGISTRY.encode(Telemetry(
-            2, 10.0, {"bytes_served": 1234.0, "miss.not_held": 2.0}, {"load": 0.4},
+            1, 10.0, {"bytes_served": 1234.0, "miss.not_held": 2.0}, {"load": 0.4},
             {"t1": TitleDemand(3, 20_000)}), sender="edge-a"), qos=1)
 
         async def stored() -> bool:
@@ -88,6 +90,22 @@ async def test_garbage_wrong_version_and_oversized_are_rejected_and_counted(cont
     assert control.ctx.demand.observed("r1", time.time())["t1"] == pytest.approx(20_000 / size, rel=1e-3)
     metrics = await control.call("GET", "/metrics", token=None)
     assert 'nearcast_control_telemetry_samples_total{result="accepted"} 1.0' in metrics[1]
+
+
+async def test_cumulative_counters_become_deltas(control: Harness) -> None:
+    await control.enroll("edge-a", site="s1")
+    name = "nearcast_edge_cache_misses_total{cause=not_held}"
+    async with control.mqtt("edge-a") as client:
+        await control.announce(client, "edge-a", "http://edge-a:1")
+        for seq, value in ((5, 100.0), (6, 130.0), (7, 10.0)):  # a baseline, +30, then a restart (+10)
+            await control.telemetry(client, "edge-a", Telemetry(seq, 10.0, {name: value}))
+
+        async def stored() -> bool:
+            return await control.ctx.store.count_raw() == 3
+
+        await eventually(stored)
+    body = (await control.call("GET", "/v1/telemetry/misses?hours=1"))[1]
+    assert body["sites"] == {"s1": {"not_held": 40.0}}
 
 
 async def test_bad_query_parameters_are_400(control: Harness) -> None:

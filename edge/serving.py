@@ -6,8 +6,9 @@ client address.  Only then is the served version looked up in the :class:`~edge.
 (complete, verified sets only) and the file resolved; its real path must equal the expected path
 exactly, so a symlink anywhere below the cache's ``sets/`` directory is refused rather than followed.
 
-Large files go out through aiohttp's ``FileResponse`` (sendfile, single ranges, conditionals, HEAD);
-manifests and init segments come from a bounded memory cache answered with the same rules.  The
+Segments go out with ``sendfile`` (:mod:`edge.sendfile`, which says why not ``FileResponse``);
+manifests and init segments come from a bounded memory cache answered with the same range and
+conditional rules (:mod:`edge.ranges`).  The
 handler prepares and finishes the response itself so latency and bytes include the body.  A file
 this appliance does not hold is redirected (302) to the token's next fallback; it is never a 5xx.
 """
@@ -20,6 +21,7 @@ import os
 import stat
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,11 @@ from .catalog import Catalog
 from .memcache import CachedBody, MemoryCache
 from .metrics import EdgeMetrics
 from .paths import BadPath, ContentRequest, content_type, kind_of, memory_cacheable, parse_content_path
+from .sendfile import send_file
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
+GRANT_CACHE = 4096
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified",
@@ -80,6 +83,9 @@ class ContentServer:
         self.options = options
         self.follow_catalog_file = follow_catalog_file
         self.in_flight = 0
+        self.use_sendfile = True
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._grants: OrderedDict[tuple[str, str], tokens.Grant] = OrderedDict()
         self.on_hit: Callable[[tuple[str, str]], None] | None = None  # popularity for eviction (agent only)
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         metrics.connections.set_function(self._open_connections)
@@ -103,6 +109,7 @@ class ContentServer:
         kind = "other"
         title = ""
         resp: web.StreamResponse | None = None
+        aborted = False
         try:
             try:
                 creq = parse_content_path(request.raw_path.split("?", 1)[0])
@@ -118,26 +125,53 @@ class ContentServer:
                 self.metrics.refused.labels("token").inc()
                 resp = _with_cors(json_error(403, str(exc)))
                 return resp
-            resp = await self._serve(request, creq, kind, grant)
+            try:
+                resp = await self._serve(request, creq, kind, grant)
+            except ConnectionError:  # the client went away mid-body: nothing to answer, nothing to log
+                aborted = True
+                raise
             return resp
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            status = str(resp.status) if resp is not None else "499"
-            sent = _body_bytes(request, resp)
-            self.metrics.requests.labels(status, kind).inc()
-            if sent:
-                self.metrics.bytes_sent.labels(status, kind).inc(sent)
-            self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
-            if title and resp is not None and resp.status < 400:
+            status = "499" if aborted or resp is None else str(resp.status)
+            sent = 0 if aborted else _body_bytes(request, resp)
+            self._count(status, kind, sent, time.perf_counter() - started)
+            if title and not aborted and resp is not None and resp.status < 400:
                 self.metrics.demand.add(title, sent)
+
+    def _count(self, status: str, kind: str, sent: int, elapsed: float) -> None:
+        # Resolving label children costs more than the increments; keep them per (status, kind).
+        children = self._children.get((status, kind))
+        if children is None:
+            children = (self.metrics.requests.labels(status, kind), self.metrics.bytes_sent.labels(status, kind),
+                        self.metrics.latency.labels(kind))
+            self._children[(status, kind)] = children
+        children[0].inc()
+        if sent:
+            children[1].inc(sent)
+        children[2].observe(elapsed)
 
     def _verify(self, creq: ContentRequest, client_ip: str) -> tokens.Grant:
         keys = self.options.token_keys
         if keys is None:
             raise TokenError("this appliance has no token keys configured")
-        return tokens.verify(keys, creq.token, path=creq.token_path, client_ip=client_ip,
-                             leeway_s=self.options.leeway_s)
+        # A token's MAC is checked once per (token, client); its expiry and path scope on every request.
+        key = (creq.token, client_ip)
+        grant = self._grants.get(key)
+        if grant is None:
+            grant = tokens.verify(keys, creq.token, path=creq.token_path, client_ip=client_ip,
+                                  leeway_s=self.options.leeway_s)
+            self._grants[key] = grant
+            if len(self._grants) > GRANT_CACHE:
+                self._grants.popitem(last=False)
+            return grant
+        if time.time() > grant.expires + self.options.leeway_s:
+            del self._grants[key]
+            raise TokenError("token expired")
+        if not path_within(creq.token_path, grant.path_prefix):
+            raise TokenError("token does not cover this path")
+        return grant
 
     async def _serve(self, request: web.Request, creq: ContentRequest, kind: str,
                      grant: tokens.Grant) -> web.StreamResponse:
@@ -181,11 +215,16 @@ class ContentServer:
             self.metrics.hits.labels("disk").inc()
             return await self._from_memory(request, entry, creq.path, kind)
         self.metrics.hits.labels("disk").inc()
-        resp = _FileResponse(real, chunk_size=CHUNK, headers={
-            "Content-Type": content_type(creq.path), "Cache-Control": cache_control(kind), **CORS_HEADERS})
-        await resp.prepare(request)
-        await resp.write_eof()
-        return resp
+        headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(kind), **CORS_HEADERS}
+        try:
+            return await send_file(request, real, headers, use_sendfile=self.use_sendfile)
+        except (FileNotFoundError, NotADirectoryError):  # evicted between the check and the open
+            return await self._miss(request, creq, grant, "content")
+        except ConnectionError:
+            raise
+        except OSError as exc:  # O_NOFOLLOW refused a symlink, or the disk failed
+            log.warning("cannot send %s: %s", real, exc)
+            return await self._miss(request, creq, grant, "health")
 
     async def _from_memory(self, request: web.Request, entry: CachedBody, path: str,
                            kind: str) -> web.StreamResponse:
@@ -220,15 +259,6 @@ class ContentServer:
                                                  **CORS_HEADERS})
 
 
-class _FileResponse(web.FileResponse):
-    """Sent by the handler itself (so latency and bytes include the body); aiohttp's second prepare is a no-op."""
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        if self.prepared:
-            return None
-        return await super().prepare(request)
-
-
 class SymlinkRefused(Exception):
     """A component below the cache's sets/ directory is a symlink: never followed."""
 
@@ -248,6 +278,13 @@ def lstat_no_symlinks(base: str, parts: list[str]) -> os.stat_result:
             raise SymlinkRefused(path)
     assert st is not None
     return st
+
+
+def path_within(path: str, prefix: str) -> bool:
+    """Scope check for a canonical path (edge.paths already refused dot segments and separators)."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def next_source(fallbacks: tuple[str, ...], self_urls: tuple[str, ...]) -> str | None:

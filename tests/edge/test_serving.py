@@ -35,8 +35,10 @@ async def get(url: str, **headers: str) -> tuple[int, bytes, Any]:
         return r.status, await r.read(), r.headers.copy()  # case-insensitive, like HTTP
 
 
-@pytest.mark.parametrize("path", ["hls/720p/seg_00001.m4s", "hls/master.m3u8"])  # sendfile and memory paths
-async def test_every_range_form(seeded: Any, path: str) -> None:
+@pytest.mark.parametrize(("path", "use_sendfile"), [("hls/720p/seg_00001.m4s", True),
+                                                    ("hls/720p/seg_00001.m4s", False), ("hls/master.m3u8", True)])
+async def test_every_range_form(seeded: Any, path: str, use_sendfile: bool) -> None:
+    seeded.ctx.server.use_sendfile = use_sendfile
     body = FILES[path]
     size = len(body)
     url = seeded.content_url(seeded.token("t1"), "t1", path)

@@ -97,6 +97,9 @@ class FillSettings:
     release_boost: float = setting(1.0, "A new release is forecast at this multiple of the region's 10th title.",
                                    check=non_negative)
     rate_limit_bps: int = setting(0, "Fill rate limit handed to appliances (0: none).", check=non_negative)
+    floor_views: float = setting(0.001, "Forecast given to titles nobody watched yet, so spare disk is filled; "
+                                 "real demand always outranks it (0: plan only observed demand).",
+                                 check=non_negative)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ class FillInputs:
     holdings: dict[str, list[planner.Holding]]
 
 
-def gather(registry: RegistryView, titles: Sequence[TitleRecord], demand: DemandModel, now: float) -> FillInputs:
+def gather(registry: RegistryView, titles: Sequence[TitleRecord], demand: DemandModel, now: float,
+           floor_views: float = 0.0) -> FillInputs:
+    """The planner's inputs from the live registry.
+
+    ``floor_views`` gives every registered title a token forecast where nothing was observed: a new
+    catalogue or a quiet region then fills spare disk instead of staying empty, and any real demand
+    outranks the floor, so it never displaces what people watch.
+    """
     specs = []
     for view in registry.views(now):
         rec = registry.appliances[view.appliance_id]
@@ -40,6 +47,11 @@ def gather(registry: RegistryView, titles: Sequence[TitleRecord], demand: Demand
     releases = {t.title_id: t.released for t in titles}
     regions = {s.region for s in specs}
     forecast = {r: demand.forecast(r, now, releases) for r in sorted(regions)}
+    if floor_views > 0:
+        for views in forecast.values():
+            for t in catalogue:
+                if views.get(t.title_id, 0.0) < floor_views:
+                    views[t.title_id] = floor_views
     held = {aid: [planner.Holding(h.title_id, h.version, h.complete) for h in items.values()]
             for aid, items in registry.holdings.items()}
     return FillInputs(specs, catalogue, forecast, held)

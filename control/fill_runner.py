@@ -20,7 +20,7 @@ async def run_fill(ctx: ControlContext, *, publish: bool, actor: str) -> dict[st
     async with ctx.fill_lock:
         now = time.time()
         titles = await ctx.store.list_titles()
-        inputs = fill.gather(ctx.registry, titles, ctx.demand, now)
+        inputs = fill.gather(ctx.registry, titles, ctx.demand, now, ctx.config.fill.floor_views)
         plan = await asyncio.get_running_loop().run_in_executor(None, fill.plan, inputs, ctx.planner)
         out = fill.plan_json(plan, ctx.planner.min_copies)
         published: list[str] = []

@@ -98,7 +98,7 @@ def control_config(state: Path, broker_port: int, extra: dict[str, dict[str, Any
         "mqtt": {"port": broker_port, "keepalive_s": 5},
         "auth": {"tokens_file": str(state / "tokens.json")},
         "fleet": {"heartbeat_ttl_s": 3.0},
-        "fill": {"interval_s": 0.0},
+        "fill": {"interval_s": 0.0, "floor_views": 0.0},
         "steering": {"refresh_s": 0.2},
         "telemetry": {"flush_interval_s": 0.05},
     }

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from shared import signing, topics
 from shared.messages import REGISTRY, DesiredFill, Telemetry, TitleDemand
@@ -125,3 +126,18 @@ async def test_register_title_refuses_broken_origins(control: Harness) -> None:
     assert (await control.call("POST", "/v1/titles", {"title_id": "evil"}))[0] == 400
     assert (await control.call("POST", "/v1/titles", {"title_id": "../x"}))[0] == 400
     assert (await control.call("POST", "/v1/titles", {"title_id": "t", "released": "soon"}))[0] == 400
+
+
+async def test_floor_fills_spare_disk_without_outranking_demand(control: Harness) -> None:
+    from control import fill
+
+    async with control.mqtt("fake-fleet") as client:
+        await _setup(control, client)
+    titles = await control.ctx.store.list_titles()
+    bare = fill.gather(control.ctx.registry, titles, control.ctx.demand, time.time())
+    floored = fill.gather(control.ctx.registry, titles, control.ctx.demand, time.time(), floor_views=1e-3)
+    assert "t3" not in bare.demand["r1"] and floored.demand["r1"]["t3"] == 1e-3
+    assert floored.demand["r1"]["t1"] == pytest.approx(bare.demand["r1"]["t1"], rel=1e-6)
+    assert bare.demand["r1"]["t1"] > 1e-3
+    plan = fill.plan(floored, control.ctx.planner)
+    assert "t3" in plan.for_appliance("edge-a").add

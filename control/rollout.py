@@ -155,7 +155,7 @@ class WaveState:
     percent: float
     members: frozenset[str]
     started_at: float
-    baked_at: float | None = None
+    bake_until: float | None = None  # set once every online member runs the new version
     new: Cohort = field(default_factory=Cohort)
     base: Cohort = field(default_factory=Cohort)
 
@@ -166,7 +166,7 @@ class WaveSnapshot:
     percent: float
     members: list[str]
     started_at: float
-    baked_at: float | None
+    bake_until: float | None
     new: Cohort
     base: Cohort
 
@@ -305,16 +305,16 @@ class Deployment:
             return []
         wave = self.current
         events: list[Event] = []
-        if wave.baked_at is None:
+        if wave.bake_until is None:
             online = [a for a in wave.members if self._online.get(a, True)]
             if all(self._reported.get(a) == self.version for a in online):
-                wave.baked_at = now + self.bake_s
+                wave.bake_until = now + self.bake_s
             elif now - wave.started_at > self.gates.ack_timeout_s:
                 lagging = sorted(a for a in online if self._reported.get(a) != self.version)
                 return self._rollback(now, f"wave {wave.index + 1}: {len(lagging)} online appliance(s) did not "
                                            f"report {self.version} within {self.gates.ack_timeout_s:g}s: "
                                            f"{', '.join(lagging[:5])}")
-        if wave.baked_at is None or now < wave.baked_at:
+        if wave.bake_until is None or now < wave.bake_until:
             return events
         if wave.new.requests < self.gates.min_requests:
             if now - wave.started_at > self.gates.max_wait_s:
@@ -369,7 +369,7 @@ class Deployment:
     # --- persistence ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, object]:
-        waves = [WaveSnapshot(w.index, w.percent, sorted(w.members), w.started_at, w.baked_at, w.new, w.base)
+        waves = [WaveSnapshot(w.index, w.percent, sorted(w.members), w.started_at, w.bake_until, w.new, w.base)
                  for w in self.started]
         snap = Snapshot(1, self.id, self.version, self.previous, self.waves, self.bake_s, self.gates, self._fleet,
                         self._reported, self._failures, self._online, self._prior_base, self.phase, self.reason,
@@ -393,7 +393,7 @@ class Deployment:
             members = frozenset(w.members)
             if w.index != i or i >= len(dep.waves) or w.percent != dep.waves[i] or not previous <= members:
                 raise RolloutError(f"deployment snapshot wave {i} is inconsistent")
-            started.append(WaveState(i, w.percent, members, w.started_at, w.baked_at, w.new, w.base))
+            started.append(WaveState(i, w.percent, members, w.started_at, w.bake_until, w.new, w.base))
             previous = members
         dep.started = started
         dep._reported, dep._failures = dict(snap.reported), dict(snap.failures)

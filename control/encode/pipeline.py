@@ -76,7 +76,10 @@ def ingest(
         raise TitleExists(f"title {spec.title_id!r} already exists in the origin store")
     report("probe", 0.0)
     info = probe(master)
-    staging = fileset.new_staging(origin_root, spec.title_id)
+    try:
+        staging = fileset.new_staging(origin_root, spec.title_id)
+    except OSError as exc:
+        raise EncodeFailed(f"cannot create a staging directory in {origin_root}: {exc.strerror or exc}") from exc
     try:
         with _pool(spec) as pool:
             runner = _Runner(pool, cancel)
@@ -97,6 +100,10 @@ def ingest(
             if key is not None:
                 key_path(keys_dir, spec.title_id).unlink(missing_ok=True)
             raise
+    except OSError as exc:
+        fileset.discard(staging)
+        where = Path(exc.filename).name if exc.filename else "origin store"
+        raise EncodeFailed(f"cannot write {where}: {exc.strerror or exc}") from exc
     except BaseException:
         fileset.discard(staging)
         raise

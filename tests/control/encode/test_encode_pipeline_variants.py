@@ -11,7 +11,7 @@ import pytest
 from mpegdash.parser import MPEGDASHParser
 
 from control.encode import boxes
-from control.encode.errors import IngestCancelled
+from control.encode.errors import EncodeFailed, IngestCancelled
 from control.encode.pipeline import ingest
 from control.encode.spec import IngestSpec
 from control.encode.synth import make_master
@@ -73,6 +73,24 @@ def test_encode_auto_ladder_records_points_and_picks_from_them(tmp_path: Path, s
     measured = {(p["width"], p["height"]) for p in points}
     assert all((r["width"], r["height"]) in measured for r in rungs)
     assert [r["bitrate"] for r in rungs] == sorted(r["bitrate"] for r in rungs)
+
+
+def test_encode_progress_is_monotonic_and_ends_done(tmp_path: Path, small_master: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    spec = IngestSpec(title_id="prog", name="Prog", ladder="fixed", workers=2, artwork_candidates=0)
+    ingest(small_master, tmp_path, tmp_path / "keys", spec, progress=lambda s, f: seen.append((s, f)))
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and seen[0] == ("probe", 0.0) and seen[-1] == ("done", 1.0)
+    assert {s for s, _ in seen} >= {"probe", "encode", "package", "done"}
+
+
+def test_encode_unwritable_origin_is_a_typed_error(tmp_path: Path, small_master: Path) -> None:
+    origin = tmp_path / "origin"
+    origin.write_text("a file where the origin directory should be")
+    spec = IngestSpec(title_id="nowhere", name="Nowhere", ladder="fixed", workers=1)
+    with pytest.raises(EncodeFailed) as info:
+        ingest(small_master, origin, tmp_path / "keys", spec)
+    assert "\n" not in str(info.value) and origin.read_text().startswith("a file")
 
 
 def test_encode_cancel_publishes_nothing(tmp_path: Path, small_master: Path) -> None:

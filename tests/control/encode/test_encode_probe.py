@@ -54,6 +54,7 @@ def _bad_masters(tmp: Path, good: Path) -> list[tuple[Path, type[BadMaster]]]:
     image = tmp / "still.jpg"
     frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
     image.write_bytes(jpeg(frame, 64, 64))
+    frantic = make_master(tmp / "frantic.mkv", seconds=0.3, width=33, height=19, audio=False, fps=1000, noise=0)
     garbage = tmp / "random.mp4"
     garbage.write_bytes(np.random.default_rng(3).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     return [
@@ -65,6 +66,7 @@ def _bad_masters(tmp: Path, good: Path) -> list[tuple[Path, type[BadMaster]]]:
         (wide, AbsurdDimensions),
         (image, NotAVideo),
         (garbage, NotAVideo),
+        (frantic, NotAVideo),
         (_audio_only(tmp / "sound.m4a"), NoVideoStream),
         (tmp / "missing.mp4", BadMaster),
         (tmp, BadMaster),

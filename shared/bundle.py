@@ -298,13 +298,30 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
+_MAX_EXTENDED_HEADER = 64 << 10
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax / GNU long-name headers before tarfile reads them whole into memory.
+
+    ``_proc_member`` is tarfile's documented hook for subclasses (see its source), absent from typeshed.
+    """
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
+            raise BundleError(f"extended tar header of {self.size} bytes; at most {_MAX_EXTENDED_HEADER}")
+        member: tarfile.TarInfo = getattr(super(), "_proc_member")(tar)  # noqa: B009
+        return member
+
+
 def _unpack(path: Path, staging: Path, limits: Limits) -> set[str]:
     seen: set[str] = set()
     declared = 0
     dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window)
     with open(path, "rb") as raw, dctx.stream_reader(raw) as zin:
         stream = io.BufferedReader(_Bounded(zin, limits.max_unpacked), _CHUNK)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
             for member in tar:
                 if len(seen) >= limits.max_members:
                     raise BundleError(f"more than {limits.max_members} members")

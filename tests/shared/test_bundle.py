@@ -227,6 +227,14 @@ def test_member_count_and_sizes_are_bounded(tmp_path: Path, signer: Signer, keys
     assert_refused(path, desc, keys, tmp_path / "m" / "v2", "member 'big' is 5000 bytes", Limits(max_member=4096))
 
 
+def test_huge_extended_headers_are_refused_before_reading(tmp_path: Path, signer: Signer,
+                                                          keys: dict[str, bytes]) -> None:
+    info, data = member("fine")
+    info.pax_headers = {"comment": "x" * (1 << 20)}
+    path, desc = hostile(tmp_path, signer, [(info, data)])
+    assert_refused(path, desc, keys, tmp_path / "m" / "v2", "extended tar header")
+
+
 def test_zip_bomb_stops_at_the_bound(tmp_path: Path, signer: Signer, keys: dict[str, bytes]) -> None:
     path, desc = hostile(tmp_path, signer, [member("zeros", bytes(64 << 20))], with_valid=False)
     assert desc.size < 64 << 10, "the bomb compresses well"

@@ -336,5 +336,8 @@ class Uniform:
         _check_arms(arms)
         return arms[int(self._rng.integers(len(arms)))], 1 / len(arms)
 
+    def choose_many(self, context: FloatArray, groups: Sequence[Sequence[str]]) -> list[tuple[str, float]]:
+        return [self.choose(context, arms) for arms in groups]
+
     def update(self, context: FloatArray, arm: str, reward: float) -> None:
         """Uniform never learns."""

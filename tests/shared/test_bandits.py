@@ -232,6 +232,8 @@ def test_choose_many_matches_per_group_probabilities(cls: type[LinearBandit]) ->
     for g, pr, cnt in zip(groups, probs, counts, strict=True):
         np.testing.assert_allclose([cnt[a] / rounds for a in g], pr, atol=0.04)
     assert counts[3] == {"art-generic": rounds}
+    picks = Uniform(seed=1).choose_many(x, groups)
+    assert [p for _, p in picks] == [1 / len(g) for g in groups]
     with pytest.raises(BanditError, match="groups"):
         bandit.choose_many(x, [])
     with pytest.raises(BanditError, match="no arms"):

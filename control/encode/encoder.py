@@ -121,9 +121,6 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
     outs: list[tuple[VideoRung, av.container.OutputContainer, av.video.stream.VideoStream, VideoReformatter]] = []
     paths: dict[str, str] = {}
     keyframes = set(job.keyframes)
-    # SVT-AV1 logs its whole configuration to stderr per encoder unless told otherwise; this is
-    # a worker process of ours, so its environment is ours to set.
-    os.environ.setdefault("SVT_LOG", "1")
     try:
         with av.open(job.master, metadata_errors="ignore") as src:
             for rung in job.rungs:

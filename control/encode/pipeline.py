@@ -113,7 +113,15 @@ def ingest(
 
 def _pool(spec: IngestSpec) -> cf.ProcessPoolExecutor:
     workers, _ = _workers(spec)
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
+
+
+def _worker_init() -> None:
+    # SVT-AV1 prints its whole configuration to stderr for every encoder it opens unless told
+    # otherwise; these processes are ours, so their environment is ours to set.
+    os.environ.setdefault("SVT_LOG", "1")
 
 
 class _Runner:
@@ -187,17 +195,20 @@ def encode_and_package(
     cenc = CencKey(key.kid, key.key) if key is not None and key.scheme == "cenc" else None
     chunks = plan_chunks(plan.starts, plan.n_frames, workers)
     gop = 2 * max(b - a for a, b in zip(plan.starts, (*plan.starts[1:], plan.n_frames), strict=True)) + 1
-    jobs: list[Any] = [
-        ChunkJob(os.fspath(master), info.start_time, plan.fps, c.start_frame, c.end_frame, c.keyframes, gop,
-                 plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc)
-        for c in chunks
-    ]
+    # Whole-title jobs (artwork scan, audio) go first: queued last they would run alone at the
+    # end while the other workers idle.  Chunks then fill in around them.
+    jobs: list[Any] = []
+    if spec.artwork_candidates:
+        jobs.append(artwork.artwork_job(master, info, staging, spec.artwork_candidates))
     duration = float(plan.n_frames / plan.fps)
     if info.has_audio:
         jobs.append(AudioJob(os.fspath(master), info.start_time, duration, spec.segment_seconds,
                              os.fspath(work / "audio.mp4"), cenc))
-    if spec.artwork_candidates:
-        jobs.append(artwork.artwork_job(master, info, staging, spec.artwork_candidates))
+    jobs += [
+        ChunkJob(os.fspath(master), info.start_time, plan.fps, c.start_frame, c.end_frame, c.keyframes, gop,
+                 plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc)
+        for c in chunks
+    ]
     total = len(jobs)
     results = runner.map(_run_job, jobs, lambda n: report("encode", 0.2 + 0.65 * n / total))
     chunk_paths: list[dict[str, str]] = [r for r in results if isinstance(r, dict)]

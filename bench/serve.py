@@ -6,11 +6,13 @@ worker processes as the edge has serving processes) on the same files, and runs 
 GB/s for 2 MB segments, requests/s for ~1 KB manifests, p50/p99 latency, and edge ÷ nginx ratios.
 Both servers get the same machine at the same time of the run; wrk uses one thread.
 
-    .venv/bin/python bench/serve.py [--duration 8] [--connections 16] [--workers 0]
+    .venv/bin/python bench/serve.py [--duration 5] [--connections 16] [--repeats 2] [--nginx-workers 1]
 
-``--workers N`` sets the edge's ``http.workers`` (N extra serving processes sharing the port with
-SO_REUSEPORT); nginx then runs N+1 worker processes.  Skips (exit 0, with the reason) when nginx or
-wrk is not installed; ``scripts/setup-system.sh`` installs both.
+The edge serves from one process (see ``edge/app.py`` for why), so nginx gets one worker by default;
+``--nginx-workers 2`` (nginx's ``auto`` here) shows the gap to nginx on every core.  Each case runs
+``--repeats`` times with the two servers alternating, and the median is reported, because the cores
+are shared with other work.  Skips (exit 0, with the reason) when nginx or wrk is not installed;
+``scripts/setup-system.sh`` installs both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,9 +122,10 @@ def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--nginx-workers", type=int, default=1)
     args = ap.parse_args()
     nginx, wrk_bin = shutil.which("nginx") or "/usr/sbin/nginx", shutil.which("wrk")
     if not os.path.exists(nginx) or wrk_bin is None:
@@ -139,11 +143,11 @@ def main() -> int:
         tok = tokens.sign(keys, path_prefix="bench/", client_prefix="127.0.0.0/8", ttl_s=3600)
         edge_port, nginx_port = free_port(), free_port()
         (d / "edge.toml").write_text(
-            f'[appliance]\nid = "bench-edge"\n[http]\nport = {edge_port}\nworkers = {args.workers}\n'
+            f'[appliance]\nid = "bench-edge"\n[http]\nport = {edge_port}\n'
             f'[cache]\ndir = "{cache}"\n[security]\ntoken_keys_file = "{d / "token-keys.json"}"\n'
             f'[mqtt]\nport = 1883\n[telemetry]\ninterval_s = 10.0\n')
         (d / "tmp").mkdir()
-        (d / "nginx.conf").write_text(NGINX_CONF.format(workers=args.workers + 1, dir=d, port=nginx_port,
+        (d / "nginx.conf").write_text(NGINX_CONF.format(workers=args.nginx_workers, dir=d, port=nginx_port,
                                                         root=cache / "sets"))
         log = open(d / "edge.log", "wb")  # noqa: SIM115
         edge = subprocess.Popen([sys.executable, "-m", "nearcast", "edge", "serve", "--config", str(d / "edge.toml")],
@@ -151,15 +155,18 @@ def main() -> int:
         ngx = subprocess.Popen([nginx, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.DEVNULL)
         try:
             wait_url(f"http://127.0.0.1:{edge_port}/healthz")
-            time.sleep(1.0)  # serving workers bind after the agent is up
-            results: dict[tuple[str, str], dict[str, float]] = {}
+            runs: dict[tuple[str, str], list[dict[str, float]]] = {}
             for what, path in (("segment", "hls/seg_00003.m4s"), ("manifest", "hls/master.m3u8")):
-                for name, port in (("nginx", nginx_port), ("edge", edge_port)):
-                    url = f"http://127.0.0.1:{port}/v1/content/{tok}/bench/{path}"
-                    with urllib.request.urlopen(url) as r:
-                        assert r.read() == files[path], f"{name} served the wrong bytes for {path}"
-                    wrk(url, 1.0, args.connections)  # warm-up
-                    results[(what, name)] = wrk(url, args.duration, args.connections)
+                for rep in range(args.repeats):
+                    order = (("nginx", nginx_port), ("edge", edge_port))
+                    for name, port in order if rep % 2 == 0 else order[::-1]:
+                        url = f"http://127.0.0.1:{port}/v1/content/{tok}/bench/{path}"
+                        if rep == 0:
+                            with urllib.request.urlopen(url) as r:
+                                assert r.read() == files[path], f"{name} served the wrong bytes for {path}"
+                            wrk(url, 1.0, args.connections)  # warm-up
+                        runs.setdefault((what, name), []).append(wrk(url, args.duration, args.connections))
+            results = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
         finally:
             for proc in (edge, ngx):
                 proc.send_signal(signal.SIGTERM)
@@ -168,8 +175,8 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             log.close()
-    print(f"serving benchmark: {os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.duration}s, "
-          f"edge serving processes {args.workers + 1}, nginx workers {args.workers + 1}")
+    print(f"serving benchmark: {os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.duration:.0f}s, "
+          f"median of {args.repeats}, edge 1 process, nginx {args.nginx_workers} worker(s), sendfile on both")
     print(f"{'':22}{'nginx':>14}{'edge':>14}{'edge/nginx':>12}")
     for what in ("segment", "manifest"):
         n, e = results[(what, "nginx")], results[(what, "edge")]

@@ -35,9 +35,6 @@ class HttpSettings:
     public_url: str = setting("", "Base URL clients use to reach this appliance; derived from host:port if empty.")
     shutdown_timeout_s: float = setting(10.0, "On SIGTERM, how long in-flight responses may take to finish.",
                                         check=non_negative)
-    workers: int = setting(0, "Extra serving processes sharing the port (SO_REUSEPORT); 0 serves from the "
-                              "agent process alone. Workers only serve complete, verified file sets.",
-                           check=non_negative)
     max_in_flight: int = setting(0, "Content requests in progress beyond which new ones are redirected "
                                     "elsewhere as health misses (0: no limit).", check=non_negative)
 

@@ -52,17 +52,22 @@ def fixed_ladder(display_width: int, height: int, codecs: Sequence[Codec], max_r
 
 @dataclass(frozen=True)
 class RDPoint:
-    """One trial encode: a resolution at a measured bitrate and quality (PSNR dB at source size)."""
+    """One trial encode: a resolution at a measured bitrate and quality (PSNR-Y dB at source size)."""
 
     codec: str
     width: int
     height: int
     bitrate: int
     quality: float
+    #: SSIM-Y at source size, recorded for operators; decisions use PSNR (``quality``).
+    ssim: float | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"codec": self.codec, "width": self.width, "height": self.height, "bitrate": self.bitrate,
-                "quality": round(self.quality, 3)}
+        d: dict[str, object] = {"codec": self.codec, "width": self.width, "height": self.height,
+                                "bitrate": self.bitrate, "quality": round(self.quality, 3)}
+        if self.ssim is not None:
+            d["ssim"] = round(self.ssim, 5)
+        return d
 
 
 def candidate_heights(height: int) -> list[int]:

@@ -32,12 +32,46 @@ T = TypeVar("T")
 MapFn = Callable[[Callable[[Any], T], Sequence[Any], Callable[[int], None]], list[T]]
 
 
+def luma(frame: av.VideoFrame) -> NDArray[np.uint8]:
+    """The Y plane of a planar YUV frame as a 2-D array (a view, no copy)."""
+    plane = frame.planes[0]
+    rows: NDArray[np.uint8] = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
+
+
 def psnr(ref: NDArray[np.uint8], test: NDArray[np.uint8]) -> float:
     """Peak signal-to-noise ratio of two 8-bit planes, dB; identical planes give 100."""
     if ref.shape != test.shape:
         raise ValueError(f"plane shapes differ: {ref.shape} vs {test.shape}")
     mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
     return 100.0 if mse <= 1e-10 else min(100.0, 10 * math.log10(255.0**2 / mse))
+
+
+class SsimMeter:
+    """Luma SSIM of frame pairs through FFmpeg's ``ssim`` filter (C, SIMD), one graph per size."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.graph = av.filter.Graph()
+        tb = Fraction(1, 1000)
+        fmt = av.VideoFormat("yuv420p")
+        self.main = self.graph.add_buffer(width=width, height=height, format=fmt, time_base=tb)
+        self.ref = self.graph.add_buffer(width=width, height=height, format=fmt, time_base=tb)
+        ssim = self.graph.add("ssim")
+        self.sink = self.graph.add("buffersink")
+        self.main.link_to(ssim, 0, 0)
+        self.ref.link_to(ssim, 0, 1)
+        ssim.link_to(self.sink)
+        self.graph.configure()
+        self.count = 0
+
+    def __call__(self, test: av.VideoFrame, ref: av.VideoFrame) -> float:
+        """SSIM-Y of two yuv420p frames of this meter's size (their pts are overwritten)."""
+        for src, frame in ((self.main, test), (self.ref, ref)):
+            frame.pts, frame.time_base = self.count, Fraction(1, 1000)
+            src.push(frame)
+        self.count += 1
+        out = self.sink.pull()
+        return float(out.metadata["lavfi.ssim.Y"])
 
 
 def sample_windows(n_frames: int, fps: Fraction, windows: int = 3, seconds: float = 1.0) -> list[tuple[int, int]]:
@@ -71,7 +105,9 @@ def run_trial(job: TrialJob) -> list[RDPoint]:
             frames = [f for a, b in job.windows for _, f in cfr_frames(src, job.start_time, job.fps, a, b)]
         if not frames:
             raise EncodeFailed("trial: no frames in the sample windows")
-        ref = [np.asarray(f.reformat(format="gray").to_ndarray(), dtype=np.uint8) for f in frames]
+        ref = [f.reformat(format="yuv420p") for f in frames]
+        ref_y = [luma(f) for f in ref]
+        width, height = frames[0].width, frames[0].height
         scaler = VideoReformatter()
         scaled = [scaler.reformat(f, width=job.width, height=job.height, format="yuv420p",
                                   interpolation=Interpolation.BICUBIC) for f in frames]
@@ -79,12 +115,16 @@ def run_trial(job: TrialJob) -> list[RDPoint]:
         for bitrate in job.bitrates:
             size, decoded = _encode_decode(job, scaled, bitrate)
             up = VideoReformatter()
-            scores = [psnr(r, np.asarray(up.reformat(d, width=frames[0].width, height=frames[0].height,
-                                                     format="gray", interpolation=Interpolation.BICUBIC).to_ndarray(),
-                                         dtype=np.uint8))
-                      for r, d in zip(ref, decoded, strict=True)]
+            meter = SsimMeter(width, height)
+            psnrs, ssims = [], []
+            for r, ry, d in zip(ref, ref_y, decoded, strict=True):
+                shown = up.reformat(d, width=width, height=height, format="yuv420p",
+                                    interpolation=Interpolation.BICUBIC)
+                psnrs.append(psnr(ry, luma(shown)))
+                ssims.append(meter(shown, r))
             seconds = len(scaled) / float(job.fps)
-            points.append(RDPoint(job.codec, job.width, job.height, round(size * 8 / seconds), float(np.mean(scores))))
+            points.append(RDPoint(job.codec, job.width, job.height, round(size * 8 / seconds), float(np.mean(psnrs)),
+                                  float(np.mean(ssims))))
         return points
     except av.error.FFmpegError as exc:
         raise EncodeFailed(f"trial {job.codec} {job.height}p: {one_line(str(exc), 160)}") from None

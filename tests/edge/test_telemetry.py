@@ -28,6 +28,9 @@ async def test_telemetry_has_counters_and_title_demand_and_draining_keeps_servin
                     return t
             return None
 
+        await edge.ctx.store.flush_hits()  # popularity for eviction reaches the index
+        row = await edge.ctx.store.get_set(("t1", "v1"))
+        assert row is not None and row.hits == 3
         await w.wait(lambda: demand() is not None)
         t = demand()
         assert t.titles["t1"].requests == 3 and t.titles["t1"].bytes == len(body) + 10_000

@@ -171,6 +171,8 @@ class FillAgent:
                 prog.state = "done"
                 self.metrics.fill_sets.labels("done").inc()
             except NearcastError as exc:
+                if self._superseded(plan):
+                    return True
                 prog.state, prog.reason = "failed", str(exc)
                 all_ok = False
                 self.metrics.fill_sets.labels("failed").inc()
@@ -197,8 +199,13 @@ class FillAgent:
             prog.state = "waiting_window"
             await self._report(plan, force=True)
             while wait > 0 and not self._superseded(plan):
-                await asyncio.sleep(min(wait, 60))
+                try:  # a new plan wakes us (the run loop clears the event, not us)
+                    await asyncio.wait_for(self._wake.wait(), min(wait, 60))
+                except TimeoutError:
+                    pass
                 wait = plan.window.seconds_until_open(self.local_now())
+            if self._superseded(plan):
+                raise FillError("superseded by a newer plan")
         prog.state = "filling"
         manifest = await self._manifest(ref)
         prog.size = manifest.size

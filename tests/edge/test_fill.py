@@ -179,3 +179,31 @@ async def test_rate_limit_holds_within_ten_percent(keys: Any, origin: Any, file_
     print(f"fill rate {measured:.0f} B/s for a limit of {rate_bytes} B/s ({measured / rate_bytes:.3f}x)")
     assert b1 == sum(len(b) for b in files.values())
     assert abs(measured - rate_bytes) / rate_bytes <= 0.10
+
+
+async def test_fill_waits_for_its_window_and_oversized_manifests_are_refused(
+        keys: Any, origin: Any, file_set: Any, watch: Any, edge_factory: Any) -> None:
+    from datetime import datetime, timedelta
+
+    file_set(origin.root, keys.signer, "tw", "v1", FILES)
+    big = {f"x/{i:05d}.m4s": b"x" for i in range(200)}  # a manifest well over 2 KB
+    file_set(origin.root, keys.signer, "tb", "v1", big)
+    edge = await edge_factory(fill={"max_manifest_bytes": 2000})
+    aid = edge.ctx.config.appliance.id
+    w = watch(aid)
+    opens = datetime.now() + timedelta(hours=2)
+    window = f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}"
+    env_id = publish_desired(w, aid, 1, [ref(origin, "tw", "v1", ["good"])], window=window)
+
+    def waiting() -> bool:
+        return any(a.status == "progress" and a.detail["file_sets"]["tw/v1"]["state"] == "waiting_window"
+                   for a in w.bodies("/acks") if a.command_id == env_id)
+
+    await w.wait(waiting)
+    await asyncio.sleep(0.3)
+    assert not origin.requests  # not even the manifest: nothing moves outside the window
+    env2 = publish_desired(w, aid, 2, [ref(origin, "tb", "v1", ["good"], big)])  # a new plan interrupts the wait
+    await w.wait(lambda: final_ack(w, env2) is not None)
+    ack = final_ack(w, env2)
+    assert ack.status == "failed" and "larger than 2000 bytes" in ack.detail["file_sets"]["tb/v1"]["reason"]
+    assert [p for p, _ in origin.requests] == ["/manifests/tb/v1.json"]

@@ -61,12 +61,16 @@ class RDPoint:
     quality: float
     #: SSIM-Y at source size, recorded for operators; decisions use PSNR (``quality``).
     ssim: float | None = None
+    #: The bitrate the encoder was asked for (``bitrate`` is what it produced); 0 = the same.
+    requested: int = 0
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {"codec": self.codec, "width": self.width, "height": self.height,
                                 "bitrate": self.bitrate, "quality": round(self.quality, 3)}
         if self.ssim is not None:
             d["ssim"] = round(self.ssim, 5)
+        if self.requested:
+            d["requested"] = self.requested
         return d
 
 
@@ -135,10 +139,23 @@ def per_title_ladder(
         if rungs and best.height < rungs[-1].height:
             best = next(p for p in sorted(mine, key=lambda q: abs(math.log(q.bitrate / target)))
                         if p.height >= rungs[-1].height)
-        rung = VideoRung(codec, best.width, best.height, round(target / 1000) * 1000)
+        ask = target * _overshoot(mine, best.height, target)
+        rung = VideoRung(codec, best.width, best.height, round(ask / 1000) * 1000)
         if not rungs or rung.bitrate > rungs[-1].bitrate * 1.15:
             rungs.append(rung)
     return rungs
+
+
+def _overshoot(points: Sequence[RDPoint], height: int, bitrate: float) -> float:
+    """Requested / produced bitrate near ``bitrate`` at ``height``: the encoder's rate-control bias.
+
+    Rate control on short, easy content undershoots its target; the hull is in produced bits, so
+    the rung must ask for correspondingly more to land where the hull says.  Clamped to 0.5-2x.
+    """
+    near = min((p for p in points if p.height == height), key=lambda p: abs(math.log(p.bitrate / bitrate)))
+    if not near.requested:
+        return 1.0
+    return min(2.0, max(0.5, near.requested / near.bitrate))
 
 
 def _best_at(points: Sequence[RDPoint], bitrate: float) -> RDPoint:

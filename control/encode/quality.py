@@ -124,7 +124,7 @@ def run_trial(job: TrialJob) -> list[RDPoint]:
                 ssims.append(meter(shown, r))
             seconds = len(scaled) / float(job.fps)
             points.append(RDPoint(job.codec, job.width, job.height, round(size * 8 / seconds), float(np.mean(psnrs)),
-                                  float(np.mean(ssims))))
+                                  float(np.mean(ssims)), requested=bitrate))
         return points
     except av.error.FFmpegError as exc:
         raise EncodeFailed(f"trial {job.codec} {job.height}p: {one_line(str(exc), 160)}") from None

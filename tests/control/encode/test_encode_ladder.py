@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
+
 from control.encode.ladder import RDPoint, candidate_heights, convex_hull, fixed_ladder, output_size, per_title_ladder
 
 
@@ -68,3 +70,15 @@ def test_encode_per_title_stops_where_bits_stop_paying() -> None:
     assert [r.bitrate for r in per_title_ladder(flat, "h264")] == [100_000]
     assert max(r.bitrate for r in per_title_ladder(steep, "h264")) == 400_000
     assert per_title_ladder(steep, "hevc") == []
+
+
+def test_encode_per_title_asks_more_of_an_encoder_that_undershoots() -> None:
+    # The encoder produced 60 % of what it was asked for at every trial.
+    shy = [RDPoint("h264", 640, 360, round(b * 0.6), 30 + 3 * math.log2(b / 100_000), requested=b)
+           for b in (100_000, 200_000, 400_000, 800_000)]
+    honest = [RDPoint("h264", 640, 360, p.bitrate, p.quality) for p in shy]
+    asked = per_title_ladder(shy, "h264")
+    plain = per_title_ladder(honest, "h264")
+    assert len(asked) == len(plain)
+    for a, p in zip(asked, plain, strict=True):
+        assert a.bitrate == pytest.approx(p.bitrate / 0.6, rel=0.02)

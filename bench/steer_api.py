@@ -42,7 +42,7 @@ def fleet(seed: int = 1) -> tuple[list[Any], list[str]]:
     from control.store import ApplianceMeta, ApplianceRecord
 
     rng = random.Random(seed)
-    nets = list(ipaddress.ip_network("10.0.0.0/8").subnets(new_prefix=25))
+    nets = list(ipaddress.IPv4Network("10.0.0.0/8").subnets(new_prefix=25))
     rng.shuffle(nets)
     per = PREFIXES // APPLIANCES
     records, clients = [], []

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import tokens
 from shared.errors import InvalidInput
 from shared.ids import check_id
 
@@ -56,7 +57,9 @@ async def play_title(request: web.Request) -> web.Response:
         "sources": [{"appliance_id": u.appliance_id, "hls": u.hls, "dash": u.dash} for u in urls],
     }
     if title.encrypted:
-        body["license_url"] = f"{ctx.api_url}/v1/license/{title_id}"
+        token = tokens.sign(ctx.keys, path_prefix=f"{title_id}/", client_prefix=play.client_prefix(ip),
+                            ttl_s=ctx.config.security.play_token_ttl_s)
+        body["license_url"] = f"{ctx.api_url}/v1/license/{token}/{title_id}"
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

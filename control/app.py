@@ -16,7 +16,7 @@ from shared.signing import Signer
 from shared.tokens import TokenKeys
 from shared.web import error_middleware, metrics_handler
 
-from . import api_content, api_ops, api_play, handlers, openapi
+from . import api_content, api_license, api_ops, api_play, handlers, openapi
 from .auth import TokenEntry, TokenStore, auth_middleware, token_hash
 from .config import ControlConfig
 from .context import CTX, ControlContext
@@ -35,7 +35,7 @@ from .store_sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-control/0.1"
-PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/")
+PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/", "/v1/license/")
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,6 +108,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     api_ops.add_routes(app)
     api_play.add_routes(app)
     api_content.add_routes(app)
+    api_license.add_routes(app)
     return app
 
 

@@ -49,6 +49,8 @@ class SecuritySettings:
                                       check=positive)
     fill_token_ttl_s: float = setting(2 * 86400.0, "Lifetime of the tokens in fill source URLs.", check=positive)
     enrollment_ttl_s: float = setting(86400.0, "Default lifetime of a one-time enrollment token.", check=positive)
+    content_keys_dir: Path | None = setting(None, "Where the encoder keeps per-title content keys for the ClearKey "
+                                            "license endpoint; defaults to <state dir>/keys.")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ class ControlConfig:
     @property
     def signing_key_path(self) -> Path:
         return self.security.signing_key_file or self.state.dir / "signing-key.pem"
+
+    @property
+    def content_keys_dir(self) -> Path:
+        return self.security.content_keys_dir or self.state.dir / "keys"
 
     @property
     def broker_files_dir(self) -> Path:

@@ -133,3 +133,38 @@ async def test_stale_appliances_leave_steering_within_the_ttl(control: Harness) 
 
     await eventually(gone, timeout=ttl + 5)
     assert (await control.call("GET", "/v1/play/t1", token=None))[0] == 503
+
+
+async def test_clearkey_license_for_encrypted_titles(control_factory: Any) -> None:
+    import base64
+
+    from control.encode.crypto import new_key, write_key
+
+    control = await control_factory({"http": {"trusted_proxies": ["127.0.0.1/32"]}})
+    key = new_key("enc1", "cenc")
+    write_key(control.state / "keys", key)
+    make_origin_title(control.state, "enc1", encryption={"scheme": "cenc", "kid": key.kid})
+    assert (await control.call("POST", "/v1/titles", {"title_id": "enc1"}))[1]["encrypted"] is True
+    await control.enroll("edge-a", site="s1", prefixes=["10.1.0.0/16"])
+    async with control.mqtt("fake") as client:
+        await control.announce(client, "edge-a", "http://edge-a:1")
+        await control.report_held(client, "edge-a", [("enc1", "v1", True)])
+        await eventually(lambda: control.ctx.registry.complete_titles("edge-a"))
+    xff = {"X-Forwarded-For": "10.1.0.5"}
+    status, body = await control.call("GET", "/v1/play/enc1", token=None, headers=xff)
+    assert status == 200 and body["license_url"].startswith(control.url + "/v1/license/")
+    kid = base64.urlsafe_b64encode(bytes.fromhex(key.kid)).rstrip(b"=").decode()
+    status, lic = await control.call("POST", body["license_url"][len(control.url):], {"kids": [kid]}, token=None,
+                                     headers=xff)
+    assert status == 200 and lic["keys"][0]["kid"] == kid
+    assert base64.urlsafe_b64decode(lic["keys"][0]["k"] + "==") == bytes.fromhex(key.key)
+    other = base64.urlsafe_b64encode(b"\x01" * 16).rstrip(b"=").decode()
+    assert (await control.call("POST", body["license_url"][len(control.url):], {"kids": [other]}, token=None,
+                               headers=xff))[0] == 403
+    # The token is bound to the client's network and to this title.
+    assert (await control.call("POST", body["license_url"][len(control.url):], {"kids": [kid]}, token=None,
+                               headers={"X-Forwarded-For": "10.9.9.9"}))[0] == 403
+    wrong_title = body["license_url"][len(control.url):].replace("/enc1", "/t1")
+    assert (await control.call("POST", wrong_title, {"kids": [kid]}, token=None, headers=xff))[0] == 403
+    assert (await control.call("POST", body["license_url"][len(control.url):], "junk", token=None,
+                               headers=xff))[0] == 400

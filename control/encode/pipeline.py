@@ -69,7 +69,9 @@ def ingest(
     Runs in the calling thread and fans out to ``spec.workers`` processes; call it from a thread
     (``asyncio.to_thread``) in the control plane.  Setting ``cancel`` stops the job: running worker
     processes are terminated and :class:`IngestCancelled` is raised.  Raises a :class:`BadMaster`
-    subclass for garbage input, :class:`TitleExists` if the title is already published.
+    subclass for garbage input, :class:`TitleExists` if the title is already published.  The
+    caller serialises ingests per ``title_id`` (two concurrent ingests of one title would race
+    for its key file).
     """
     report = progress or (lambda stage, fraction: None)
     if (origin_root / spec.title_id).exists():

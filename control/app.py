@@ -150,6 +150,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CTX]
     ctx.tasks.spawn(ctx.ingest.run(), name="telemetry-ingest")
     ctx.tasks.spawn(_prune_loop(ctx), name="telemetry-prune")
+    ctx.tasks.spawn(ctx.registry.refresh_loop(), name="steering-refresh")
     if ctx.config.fill.interval_s > 0:
         ctx.tasks.spawn(fill_loop(ctx), name="fill-plan")
     yield

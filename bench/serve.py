@@ -101,6 +101,18 @@ http {{
 """
 
 
+BARE_AIOHTTP = """
+import sys
+from aiohttp import web
+body = b"#" * 1024
+async def handle(request):
+    return web.Response(body=body)
+app = web.Application()
+app.router.add_get("/{tail:.*}", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
 def wrk(url: str, duration: float, connections: int) -> dict[str, float]:
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
                          capture_output=True, text=True, check=True).stdout
@@ -153,6 +165,8 @@ def main() -> int:
         edge = subprocess.Popen([sys.executable, "-m", "nearcast", "edge", "serve", "--config", str(d / "edge.toml")],
                                 stdout=log, stderr=subprocess.STDOUT)
         ngx = subprocess.Popen([nginx, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.DEVNULL)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE_AIOHTTP, str(bare_port)])
         try:
             wait_url(f"http://127.0.0.1:{edge_port}/healthz")
             runs: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -166,9 +180,14 @@ def main() -> int:
                                 assert r.read() == files[path], f"{name} served the wrong bytes for {path}"
                             wrk(url, 1.0, args.connections)  # warm-up
                         runs.setdefault((what, name), []).append(wrk(url, args.duration, args.connections))
+            # the framework's own ceiling: aiohttp answering 1 KB from memory with no logic at all
+            wait_url(f"http://127.0.0.1:{bare_port}/x")
+            wrk(f"http://127.0.0.1:{bare_port}/x", 1.0, args.connections)
+            runs[("manifest", "aiohttp")] = [wrk(f"http://127.0.0.1:{bare_port}/x", args.duration, args.connections)
+                                             for _ in range(args.repeats)]
             results = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
         finally:
-            for proc in (edge, ngx):
+            for proc in (edge, ngx, bare):
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(15)
@@ -184,6 +203,9 @@ def main() -> int:
             print(f"{'2 MB segments GB/s':22}{n['bps'] / 1e9:14.2f}{e['bps'] / 1e9:14.2f}{e['bps'] / n['bps']:12.2f}")
         else:
             print(f"{'1 KB manifests req/s':22}{n['rps']:14.0f}{e['rps']:14.0f}{e['rps'] / n['rps']:12.2f}")
+            b = results[("manifest", "aiohttp")]
+            print(f"{'  bare aiohttp req/s':22}{'':14}{b['rps']:14.0f}{b['rps'] / n['rps']:12.2f}"
+                  f"   (framework ceiling; edge/bare {e['rps'] / b['rps']:.2f})")
         print(f"{'  p50 latency ms':22}{n['p50'] * 1e3:14.2f}{e['p50'] * 1e3:14.2f}{e['p50'] / n['p50']:12.2f}")
         print(f"{'  p99 latency ms':22}{n['p99'] * 1e3:14.2f}{e['p99'] * 1e3:14.2f}{e['p99'] / n['p99']:12.2f}")
     return 0

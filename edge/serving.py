@@ -84,6 +84,8 @@ class ContentServer:
         self.follow_catalog_file = follow_catalog_file
         self.in_flight = 0
         self.use_sendfile = True
+        self._hit_memory = metrics.hits.labels("memory")
+        self._hit_disk = metrics.hits.labels("disk")
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._grants: OrderedDict[tuple[str, str], tokens.Grant] = OrderedDict()
         self.on_hit: Callable[[tuple[str, str]], None] | None = None  # popularity for eviction (agent only)
@@ -187,7 +189,7 @@ class ContentServer:
             self.on_hit((creq.title_id, version))
         cached = self.memory.get(key)
         if cached is not None:
-            self.metrics.hits.labels("memory").inc()
+            self._hit_memory.inc()
             return await self._from_memory(request, cached, creq.path, kind)
         real = os.path.join(self._base, creq.title_id, version, *creq.path.split("/"))
         try:
@@ -212,9 +214,9 @@ class ContentServer:
             entry = CachedBody.of(body, st.st_mtime_ns)
             self.memory.put(key, entry)
             self.metrics.memory_cache_bytes.set(self.memory.used)
-            self.metrics.hits.labels("disk").inc()
+            self._hit_disk.inc()
             return await self._from_memory(request, entry, creq.path, kind)
-        self.metrics.hits.labels("disk").inc()
+        self._hit_disk.inc()
         headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(kind), **CORS_HEADERS}
         try:
             return await send_file(request, real, headers, use_sendfile=self.use_sendfile)

@@ -102,7 +102,8 @@ async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout:
         log.info("stopping: draining in-flight requests (up to %.0fs)", shutdown_timeout)
         notifier.stopping()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        # Keep our handlers through the drain: a second SIGTERM must not kill in-flight responses.
         await tasks.aclose()
         await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -124,6 +124,9 @@ def main() -> int:
         print(f"  sequential (1 worker x 1 thread)          {seq:6.2f} s  {seq_cpu:6.2f} CPU s")
         print(f"  sequential (1 worker x {cpus} threads)         {seq_thr:6.2f} s  {thr_cpu:6.2f} CPU s")
         print(f"  ratio parallel/sequential = {par / seq:.3f}   (goal <= 0.6)")
+        print(f"  CPU-time ratio parallel/sequential = {par_cpu / seq_cpu:.3f} (the cost of chunking)")
+        print(f"  cores obtained: parallel {par_cpu / par:.2f}, sequential {seq_cpu / seq:.2f} "
+              "(parallel below ~1.8: neighbours held the second core)")
         print(f"  ratio parallel/threaded-sequential = {par / seq_thr:.3f}")
     return 0
 

@@ -134,24 +134,17 @@ class TelemetryIngest:
                 log.warning("demand from %s not counted: %s", row.appliance_id, exc)
 
     async def run(self) -> None:
-        """Drain the queue into the store until cancelled; a failing batch is logged and dropped."""
+        """Drain the queue into the store until cancelled; a failing batch is logged and dropped.
+
+        After the first sample of a batch arrives the loop waits the flush interval once (unless a
+        full batch is already queued) and then takes everything queued: no per-sample timers.
+        """
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            deadline = asyncio.get_running_loop().time() + self.flush_interval_s
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = [await self._queue.get()]
+            if self._queue.qsize() < self.batch_max:
+                await asyncio.sleep(self.flush_interval_s)
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             self.metrics.queue.set(self._queue.qsize())
             try:
                 self.written += await self.store.ingest_telemetry(batch)

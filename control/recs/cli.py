@@ -1,5 +1,5 @@
-"""Click commands for data scientists: ``eval`` (mounted as ``nearcast model eval``) and ``offline``
-(mounted as ``nearcast recs offline``).
+"""Click commands for data scientists: ``eval`` (mounted as ``nearcast model eval``), ``offline``
+(``nearcast recs offline``) and ``train`` (a local bundle build for ``nearcast model train``).
 
 Thin shells: parse, build the same core objects the control plane uses, call one function, print.
 Domain errors become one-line ``click.ClickException`` messages and a non-zero exit.
@@ -20,6 +20,7 @@ import click
 import numpy as np
 import numpy.typing as npt
 
+from control.recs.bundle import save_bundle
 from control.recs.data import (
     Catalog,
     Interactions,
@@ -123,6 +124,36 @@ def offline_command(train_path: Path, catalog_path: Path, users_path: Path, k: i
     say(f"wrote {len(users)} users x {k} titles to {out_path}")
 
 
+@click.command("train")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="MovieLens directory or an export directory (interactions.csv + catalog.csv).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Bundle directory to create (must not exist yet).")
+@click.option("--protocol", type=click.Choice(["random", "temporal"]), default="temporal", show_default=True,
+              help="How the ranker's training lists are carved: temporal imitates serving (predict what comes next).")
+@click.option("--min-rating", type=float, default=4.0, show_default=True, help="Ratings at or above are positives.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
+def train_command(data_path: Path, out_dir: Path, protocol: str, min_rating: float, seed: int, quiet: bool) -> None:
+    """Fit the full pipeline on all the data and save it as a bundle (ranker, tables, feature spec)."""
+    say = _say(quiet)
+    if out_dir.exists():
+        raise click.ClickException(f"{out_dir}: already exists; bundles are never overwritten")
+    try:
+        interactions, catalog = load_data_dir(data_path)
+        pos = positives(interactions, min_rating)
+        if len(pos) == 0:
+            raise click.ClickException(f"{data_path}: no interaction is rated >= {min_rating}")
+        data = build(pos, catalog)
+        pipeline = Pipeline(PipelineConfig(seed=seed)).fit(data, Protocol(protocol), progress=say)
+        staging = out_dir.with_name(f".{out_dir.name}.partial")
+        save_bundle(pipeline, staging)
+        staging.rename(out_dir)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
+    say(f"bundle written to {out_dir}")
+
+
 def _write_csv(path: Path, users: list[str], item_ids: tuple[str, ...], idx: npt.NDArray[np.intp],
                scores: npt.NDArray[np.float32]) -> None:
     """Write atomically: a reader never sees half a file, and a failure leaves the old file in place."""
@@ -142,7 +173,7 @@ def _write_csv(path: Path, users: list[str], item_ids: tuple[str, ...], idx: npt
 
 
 def main() -> None:  # pragma: no cover - convenience for `python -m control.recs.cli`
-    group = click.Group(commands={"eval": eval_command, "offline": offline_command})
+    group = click.Group(commands={"eval": eval_command, "offline": offline_command, "train": train_command})
     group(sys.argv[1:])
 
 

@@ -35,11 +35,11 @@ Factory = Callable[..., Recommender]
 class Grids:
     """Hyper-parameter candidates per baseline; ALS is searched one axis at a time (reg, alpha, factors)."""
 
-    ease: list[dict[str, Any]] = field(default_factory=lambda: [{"lam": v} for v in (50.0, 100.0, 200.0, 400.0)])
+    ease: list[dict[str, Any]] = field(default_factory=lambda: [{"lam": v} for v in (50.0, 100.0, 200.0, 400.0, 800.0)])
     item_knn: list[dict[str, Any]] = field(
         default_factory=lambda: [{"neighbours": n, "shrink": s} for n in (50, 100, 200) for s in (10.0, 50.0)])
-    als_reg: tuple[float, ...] = (5.0, 20.0, 50.0)
-    als_alpha: tuple[float, ...] = (2.0, 5.0, 10.0)
+    als_reg: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0)
+    als_alpha: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
     als_factors: tuple[int, ...] = (64, 128)
     als_iterations: int = 15
 

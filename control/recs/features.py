@@ -31,7 +31,7 @@ BASE_FEATURES = (
     "item_log_pop", "item_year", "item_first_days", "item_mean_days", "item_recent_share",
     # pair
     "genre_affinity", "year_gap", "first_seen_after_user", "mean_time_gap_days", "window_log_pop",
-    "pop_vs_user",
+    "pop_vs_user", "session_share", "release_lag",
     # context
     "hour", "weekday",
 )  # fmt: skip
@@ -88,6 +88,17 @@ class ItemStats:
         return cls(np.log1p(counts), data.side.years.astype(np.float64), first, mean, recent, genres, month0,
                    monthly, data.now)
 
+    def month_of(self, t: F64) -> npt.NDArray[np.int64]:
+        return np.clip(((t - self.month0) // _MONTH).astype(np.int64), 0, self.monthly.shape[1] - 1)
+
+    def month_share(self, half_width: int = 2) -> npt.NDArray[np.float32]:
+        """items x months: each title's share of all events within +-``half_width`` months of that month."""
+        n = self.monthly.shape[1]
+        hi = np.minimum(np.arange(n) + half_width, n - 1)
+        lo = np.arange(n) - half_width - 1
+        window = self.monthly[:, hi] - np.where(lo >= 0, self.monthly[:, np.maximum(lo, 0)], 0.0)
+        return np.asarray(window / np.maximum(window.sum(axis=0, keepdims=True), 1.0), dtype=np.float32)
+
     def window_count(self, items: npt.NDArray[np.intp], at: F64, months: int = 3) -> F64:
         """Events of each title in the ``months`` months up to time ``at`` (the pair's profile time)."""
         last = self.monthly.shape[1] - 1
@@ -109,6 +120,7 @@ class Profiles:
     mean_log_pop: F64
     mean_year: F64
     genre_profile: sp.csr_matrix
+    months: npt.NDArray[np.float32]  # profiles x months: where in time the profile's events fall (rows sum to 1)
 
     @classmethod
     def from_history(cls, history: sp.csr_matrix, times: sp.csr_matrix | None, stats: ItemStats) -> Profiles:
@@ -132,7 +144,18 @@ class Profiles:
         genre_profile = sp.csr_matrix(h @ stats.genres)
         norms = np.sqrt(np.asarray(genre_profile.multiply(genre_profile).sum(axis=1)).ravel())
         genre_profile = sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-9)) @ genre_profile)
-        return cls(np.log1p(n), first, last, mean_t, mean_pop, mean_year, genre_profile)
+        n_months = stats.monthly.shape[1]
+        months = np.zeros((h.shape[0], n_months), np.float32)
+        if times is None or sp.csr_matrix(times).nnz == 0:
+            months[:, stats.month_of(np.array([stats.now]))[0]] = 1.0
+        else:
+            t = sp.csr_matrix(times)
+            t_rows = np.repeat(np.arange(t.shape[0]), np.diff(t.indptr))
+            np.add.at(months, (t_rows, stats.month_of(t.data)), 1.0)
+            empty = months.sum(axis=1) == 0
+            months[empty, stats.month_of(np.array([stats.now]))[0]] = 1.0
+            months /= months.sum(axis=1, keepdims=True)
+        return cls(np.log1p(n), first, last, mean_t, mean_pop, mean_year, genre_profile, months)
 
 
 def pair_features(stats: ItemStats, prof: Profiles, rows: npt.NDArray[np.intp], items: npt.NDArray[np.intp],
@@ -144,6 +167,12 @@ def pair_features(stats: ItemStats, prof: Profiles, rows: npt.NDArray[np.intp], 
     last = prof.last[rows]
     affinity = np.asarray(prof.genre_profile[rows].multiply(stats.genres[items]).sum(axis=1)).ravel()
     window = stats.window_count(items, last)
+    share = stats.month_share()
+    session_share = np.concatenate([
+        np.einsum("ij,ij->i", prof.months[rows[s : s + 8192]], share[items[s : s + 8192]])
+        for s in range(0, len(rows), 8192)
+    ] or [np.zeros(0, np.float32)]).astype(np.float64)
+    last_year = 1970.0 + last / (365.2425 * _DAY)
     cols: list[F64] = [
         prof.log_history[rows], (last - prof.first[rows]) / _DAY, (stats.now - last) / _DAY,
         prof.mean_log_pop[rows], prof.mean_year[rows],
@@ -151,7 +180,7 @@ def pair_features(stats: ItemStats, prof: Profiles, rows: npt.NDArray[np.intp], 
         (stats.now - stats.mean[items]) / _DAY, stats.recent_share[items],
         affinity, stats.year[items] - prof.mean_year[rows], (stats.first[items] - last) / _DAY,
         (stats.mean[items] - prof.mean_time[rows]) / _DAY, np.log1p(window),
-        stats.log_pop[items] - prof.mean_log_pop[rows],
+        stats.log_pop[items] - prof.mean_log_pop[rows], np.log(session_share + 1e-7), last_year - stats.year[items],
         (last % _DAY) / 3600.0, ((last // _DAY + 4) % 7),
     ]  # fmt: skip
     for scores, ranks in zip(generator_scores, generator_ranks, strict=True):

@@ -22,13 +22,13 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass
 class RankerParams:
-    rounds: int = 400
+    rounds: int = 600
     eta: float = 0.05
-    max_depth: int = 6
+    max_depth: int = 4
     min_child_weight: float = 5.0
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    early_stopping: int = 40
+    early_stopping: int = 50
     threads: int = 2
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

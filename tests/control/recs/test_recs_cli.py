@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from control.recs.cli import eval_command, offline_command
+from control.recs.bundle import load_bundle
+from control.recs.cli import eval_command, offline_command, train_command
 from control.recs.data import Catalog, Interactions
 
 Synthesize = Callable[..., tuple[Interactions, Catalog]]
@@ -112,3 +113,13 @@ def test_offline_refuses_malformed_inputs(tmp_path: Path, offline_inputs: tuple[
     assert result.exit_code != 0
     assert needle in result.output
     assert not out.exists()
+
+
+def test_train_writes_a_loadable_bundle_once(ml_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(train_command, ["--data", str(ml_dir), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    pipeline = load_bundle(out)
+    assert pipeline.n_items == 120
+    again = CliRunner().invoke(train_command, ["--data", str(ml_dir), "--out", str(out), "--quiet"])
+    assert again.exit_code != 0 and "already exists" in again.output

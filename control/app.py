@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from shared import topics
+from shared.errors import ConfigError
 from shared.messages import REGISTRY, ControlStatus
 from shared.mqtt import Announcement, MqttSession
 from shared.signing import Signer
@@ -28,7 +29,7 @@ from .planner import PlannerConfig
 from .play import trusted_networks
 from .popularity import DemandModel, PopularityConfig
 from .registry import RegistryView
-from .steering import GeoLocator, MmdbLocator
+from .steering import MmdbLocator
 from .store import OperatorToken
 from .store_sqlite import SqliteStore
 
@@ -57,14 +58,6 @@ def _token_keys(config: ControlConfig) -> TokenKeys:
     return keys
 
 
-def _locator(config: ControlConfig) -> GeoLocator | None:
-    if config.steering.geoip_db is None:
-        return None
-    import maxminddb
-
-    return MmdbLocator(maxminddb.open_database(str(config.steering.geoip_db)))
-
-
 def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Application:
     metrics = ControlMetrics()
     url = (api_url or config.http.public_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
@@ -87,7 +80,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
         Signer.load_or_create(config.signing_key_path),
         PlannerConfig(min_copies=f.min_copies, extra_copy_weight=f.extra_copy_weight, hysteresis=f.hysteresis,
                       reserve_fraction=f.reserve_fraction),
-        trusted_networks(config.http.trusted_proxies), url, _locator(config))
+        trusted_networks(config.http.trusted_proxies), url)
 
     async def check(token: str) -> TokenEntry | None:
         found = await store.find_token(token_hash(token))
@@ -100,6 +93,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     session.subscribe(topics.ALL_TELEMETRY, handlers.telemetry_handler(ctx))
     session.subscribe(topics.ALL_ACKS, handlers.ack_handler(ctx))
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_geoip)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
     app.router.add_get("/healthz", healthz)
@@ -124,6 +118,25 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await api_ops.sync_broker_files(ctx)
     yield
     await ctx.store.close()
+
+
+async def _geoip(app: web.Application) -> AsyncIterator[None]:
+    """The MaxMind-format database, when configured, open for the daemon's life."""
+    ctx = app[CTX]
+    path = ctx.config.steering.geoip_db
+    if path is None:
+        yield
+        return
+    import maxminddb
+
+    try:
+        reader = maxminddb.open_database(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"steering.geoip_db {path}: {exc}") from None
+    ctx.locator = MmdbLocator(reader)
+    yield
+    ctx.locator = None
+    reader.close()
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:

@@ -168,3 +168,27 @@ async def test_clearkey_license_for_encrypted_titles(control_factory: Any) -> No
     assert (await control.call("POST", wrong_title, {"kids": [kid]}, token=None, headers=xff))[0] == 403
     assert (await control.call("POST", body["license_url"][len(control.url):], "junk", token=None,
                                headers=xff))[0] == 400
+
+
+async def test_geoip_database_locates_clients_outside_every_prefix(control_factory: Any, tmp_path: Any) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
+    writer.insert_network(IPSet(["172.16.0.0/16"]), {"location": {"latitude": 40.7, "longitude": -74.0}})
+    db = tmp_path / "city.mmdb"
+    writer.to_db_file(str(db))
+    control = await control_factory({"steering": {"geoip_db": str(db)}})
+    make_origin_title(control.state, "t1")
+    assert (await control.call("POST", "/v1/titles", {"title_id": "t1"}))[0] == 201
+    await control.enroll("edge-mad", site="mad", prefixes=["10.1.0.0/16"], lat=40.4, lon=-3.7)
+    await control.enroll("edge-nyc", site="nyc", prefixes=["10.2.0.0/16"], lat=40.7, lon=-74.0)
+    async with control.mqtt("fake") as client:
+        for aid in ("edge-mad", "edge-nyc"):
+            await control.announce(client, aid, f"http://{aid}:1")
+            await control.report_held(client, aid, [("t1", "v1", True)])
+        await eventually(lambda: control.ctx.registry.complete_titles("edge-nyc"))
+    d = (await control.call("GET", "/v1/steer?client_ip=172.16.3.4&title=t1"))[1]
+    assert d["location_source"] == "geoip" and [v["appliance_id"] for v in d["ranked"]] == ["edge-nyc", "edge-mad"]
+    d = (await control.call("GET", "/v1/steer?client_ip=10.1.3.4&title=t1"))[1]
+    assert d["ranked"][0]["appliance_id"] == "edge-mad"

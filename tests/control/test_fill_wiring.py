@@ -141,3 +141,18 @@ async def test_floor_fills_spare_disk_without_outranking_demand(control: Harness
     assert bare.demand["r1"]["t1"] > 1e-3
     plan = fill.plan(floored, control.ctx.planner)
     assert "t3" in plan.for_appliance("edge-a").add
+
+
+async def test_periodic_planning_publishes_by_itself(control_factory: Any) -> None:
+    control = await control_factory({"fill": {"interval_s": 0.3}})
+    async with control.mqtt("fake-fleet") as client:
+        await _setup(control, client)
+
+        async def planned() -> bool:
+            desired = await _desired(control, "edge-a")
+            return {f.title_id for f in desired.file_sets} == {"t1", "t2"}
+
+        # An early run may have planned before the demand arrived; a later one catches up by itself.
+        await eventually(planned)
+    audit = (await control.call("GET", "/v1/audit"))[1]["entries"]
+    assert any(e["action"] == "fill.publish" and e["actor"] == "scheduler" for e in audit)

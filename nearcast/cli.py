@@ -96,12 +96,14 @@ def config_check(daemon: str, path: Path) -> None:
 @click.option("--edges", default=2, show_default=True, type=click.IntRange(1, 8), help="Edge appliances to run.")
 @click.option("--exit-after", type=float, default=None, hidden=True,
               help="Stop by itself after this many seconds once up (tests).")
-def demo(port: int, state_dir: Path | None, edges: int, exit_after: float | None) -> None:
+@click.option("--no-titles", is_flag=True, help="Skip encoding and filling the sample titles.")
+def demo(port: int, state_dir: Path | None, edges: int, exit_after: float | None, no_titles: bool) -> None:
     """Run a whole nearcast on this machine: broker, control plane and edge appliances."""
     from .demo import Demo
 
     setup_logging(0)
-    code = asyncio.run(Demo(port=port, state_dir=state_dir, edges=edges, exit_after=exit_after).run())
+    code = asyncio.run(Demo(port=port, state_dir=state_dir, edges=edges, exit_after=exit_after,
+                                  titles=not no_titles).run())
     sys.exit(code)
 
 

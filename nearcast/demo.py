@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from control.auth import TokenStore
 from shared.broker import EmbeddedBroker, free_port
 from shared.tasks import TaskGroup
 from shared.tokens import TokenKeys
+
+from .demo_titles import Api, fill_and_wait, publish_samples
 
 HEALTH_TIMEOUT_S = 60.0
 
@@ -47,8 +50,27 @@ def _toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+async def _wait_quietly(task: asyncio.Task[None]) -> None:
+    """Ends when ``task`` fails (so the demo stops); never when it succeeds."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        return
+    await asyncio.Event().wait()
+
+
 class Demo:
-    def __init__(self, *, port: int, state_dir: Path | None, edges: int, exit_after: float | None = None) -> None:
+    def __init__(self, *, port: int, state_dir: Path | None, edges: int, exit_after: float | None = None,
+                 titles: bool = True) -> None:
+        self.titles = titles
         self.port = port
         self.temporary = state_dir is None
         self.state = Path(tempfile.mkdtemp(prefix="nearcast-demo-")) if state_dir is None else state_dir
@@ -57,7 +79,8 @@ class Demo:
         self.children: list[Child] = []
 
     # -- state ---------------------------------------------------------------------------------------
-    def _prepare_state(self, broker_port: int) -> tuple[str, list[tuple[str, Path, str]]]:
+    def _prepare_state(self, broker_port: int) -> str:
+        """Keys, the operator token and the control plane's config; returns the admin token."""
         st = self.state
         st.mkdir(parents=True, exist_ok=True)
         (st / "logs").mkdir(exist_ok=True)
@@ -75,28 +98,51 @@ class Demo:
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(admin + "\n")
-        mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
-        control_cfg = st / "control.toml"
-        control_cfg.write_text(
+        self._mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
+        (st / "control.toml").write_text(
             f"[http]\nhost = \"127.0.0.1\"\nport = {self.port}\n\n"
             f"[state]\ndir = {_toml_str(st / 'control')}\n\n"
             f"[auth]\ntokens_file = {_toml_str(tokens_path)}\n\n"
-            f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{mqtt}")
-        edges = []
-        for i in range(1, self.edges + 1):
-            name = f"edge-{chr(ord('a') + i - 1)}"
-            port = free_port()
-            cfg = st / f"{name}.toml"
-            cfg.write_text(
-                f"[appliance]\nid = \"{name}\"\nsite = \"site-{i}\"\nisp = \"ISP {i}\"\nasn = {64500 + i}\n"
-                f"prefixes = [\"127.0.{i}.0/24\"]\n\n"
-                f"[http]\nhost = \"127.0.0.1\"\nport = {port}\n\n"
-                f"[cache]\ndir = {_toml_str(st / name / 'cache')}\ncapacity_bytes = {2 * 1024**3}\n\n"
-                f"[security]\ntoken_keys_file = {_toml_str(keys_path)}\n\n"
-                f"[telemetry]\ninterval_s = 5.0\n\n"
-                f"[control]\napi_url = \"http://127.0.0.1:{self.port}\"\n\n{mqtt}")
-            edges.append((name, cfg, f"http://127.0.0.1:{port}"))
-        return admin, edges
+            f"[security]\ntoken_keys_file = {_toml_str(keys_path)}\n\n"
+            f"[fill]\ninterval_s = 30.0\n\n"
+            f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{self._mqtt}")
+        return admin
+
+    async def _enroll(self, api: Api, i: int) -> tuple[str, Path, str]:
+        """Enroll edge ``i`` once (kept in the state dir) and write its config; returns (name, config, url)."""
+        st = self.state
+        name = f"edge-{chr(ord('a') + i - 1)}"
+        saved = st / f"{name}-enrollment.json"
+        if saved.exists():
+            bundle = json.loads(saved.read_text())
+        else:
+            status, body = await api.call("POST", "/v1/enrollments", {
+                "appliance_id": name, "site": f"site-{i}", "region": f"isp-{i}", "isp": f"ISP {i}",
+                "asn": 64500 + i, "prefixes": [f"127.0.{i}.0/24"], "disk_bytes": 2 * 1024**3})
+            if status != 201:
+                raise RuntimeError(f"enrolling {name} failed: {body}")
+            status, bundle = await api.call("POST", "/v1/enroll", {"token": body["token"]})
+            if status != 201:
+                raise RuntimeError(f"{name} could not redeem its enrollment: {bundle}")
+            _write_private(saved, json.dumps(bundle))
+        keys = st / f"{name}-token-keys.json"
+        _write_private(keys, bundle["token_keys"])
+        pub = st / f"{name}-control-keys.json"
+        pub.write_text(json.dumps(bundle["signing_keys"]))
+        password = st / f"{name}-mqtt-password"
+        _write_private(password, bundle["mqtt"]["password"])
+        port = free_port()
+        cfg = st / f"{name}.toml"
+        cfg.write_text(
+            f"[appliance]\nid = \"{name}\"\nsite = \"site-{i}\"\nisp = \"ISP {i}\"\nasn = {64500 + i}\n"
+            f"prefixes = [\"127.0.{i}.0/24\"]\n\n"
+            f"[http]\nhost = \"127.0.0.1\"\nport = {port}\n\n"
+            f"[cache]\ndir = {_toml_str(st / name / 'cache')}\ncapacity_bytes = {2 * 1024**3}\n\n"
+            f"[security]\ntoken_keys_file = {_toml_str(keys)}\ncontrol_public_keys_file = {_toml_str(pub)}\n\n"
+            f"[telemetry]\ninterval_s = 5.0\n\n"
+            f"[control]\napi_url = \"http://127.0.0.1:{self.port}\"\n\n"
+            f"{self._mqtt}username = \"{name}\"\npassword_file = {_toml_str(password)}\n")
+        return name, cfg, f"http://127.0.0.1:{port}"
 
     # -- processes -----------------------------------------------------------------------------------
     async def _spawn(self, name: str, args: list[str], url: str) -> Child:
@@ -141,6 +187,28 @@ class Demo:
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 await child.proc.wait()
 
+    async def _titles(self, api_url: str, admin: str, cancel: threading.Event) -> None:
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, api_url, admin)
+            try:
+                _say("titles: preparing sample titles (generated masters, encoded by the real pipeline)")
+                samples = await publish_samples(api, self.state, _say, cancel)
+                _say("titles: planning fills and waiting for the edges to hold them")
+                await fill_and_wait(api, self.edges)
+            except Exception as exc:
+                if not cancel.is_set():
+                    _say(f"titles: failed: {exc}")
+                raise
+        _say(f"titles: ready in {time.monotonic() - started:.0f}s")
+        for sample in samples:
+            _say(f"  {sample.title_id:<12} {sample.name}"
+                 + ("  (CENC, ClearKey)" if sample.encrypt != "none" else ""))
+        first = samples[0].title_id
+        _say("Play one like a player would, from inside ISP 1, then steer from ISP 2:")
+        _say(f"  nearcast client play {first} --client-ip 127.0.1.10")
+        _say(f"  nearcast steer --client-ip 127.0.2.10 --title {first}")
+
     # -- main ----------------------------------------------------------------------------------------
     async def run(self) -> int:
         stop = asyncio.Event()
@@ -153,37 +221,51 @@ class Demo:
             _say(f"nearcast demo: state in {self.state}")
             await broker.start()
             _say(f"[1/3] MQTT broker (embedded) on {broker.url}")
-            admin, edges = self._prepare_state(broker.port)
-            api = f"http://127.0.0.1:{self.port}"
+            admin = self._prepare_state(broker.port)
+            api_url = f"http://127.0.0.1:{self.port}"
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
             control = await self._spawn("control", ["control", "serve", "--config", str(self.state / "control.toml")],
-                                        api)
+                                        api_url)
             await self._wait_healthy(control, deadline)
-            _say(f"[2/3] control plane on {api}")
+            _say(f"[2/3] control plane on {api_url}")
+            async with aiohttp.ClientSession() as http:
+                api = Api(http, api_url, admin)
+                edges = [await self._enroll(api, i) for i in range(1, self.edges + 1)]
             started = [await self._spawn(name, ["edge", "serve", "--config", str(cfg)], url)
                        for name, cfg, url in edges]
             for child in started:
                 await self._wait_healthy(child, deadline)
-            _say(f"[3/3] {len(started)} edge appliances up")
+            _say(f"[3/3] {len(started)} edge appliances enrolled and up")
             _say("")
-            _say(f"control API     {api}/v1/appliances   (health {api}/healthz, metrics {api}/metrics)")
+            _say(f"control API     {api_url}/v1/appliances   (health {api_url}/healthz, metrics {api_url}/metrics)")
             for i, child in enumerate(started, start=1):
                 _say(f"{child.name:<15} {child.url}   ISP {i} (clients 127.0.{i}.0/24); "
                      f"metrics {child.url}/metrics")
             _say("")
             _say("Operator access (paste into another terminal):")
-            _say(f"  export NEARCAST_API={api}")
+            _say(f"  export NEARCAST_API={api_url}")
             _say(f"  export NEARCAST_TOKEN={admin}")
             _say("")
             _say("Press Ctrl-C to stop.")
+            _say("")
+            cancel = threading.Event()
+            work = TaskGroup("demo-titles")
+            titles_task = work.spawn(self._titles(api_url, admin, cancel), name="titles") if self.titles else None
             waiters = TaskGroup("demo-wait")
             waiters.spawn(stop.wait(), name="ctrl-c")
             for c in self.children:
                 waiters.spawn(c.proc.wait(), name=f"exit:{c.name}")
             if self.exit_after is not None:
                 waiters.spawn(asyncio.sleep(self.exit_after), name="exit-after")
+            if titles_task is not None:
+                waiters.spawn(_wait_quietly(titles_task), name="titles-failed")
             await asyncio.wait(list(waiters), return_when=asyncio.FIRST_COMPLETED)
             await waiters.aclose()
+            cancel.set()
+            await work.aclose(timeout=30)
+            if titles_task is not None and titles_task.done() and not titles_task.cancelled() \
+                    and titles_task.exception() is not None:
+                code = 1
             for child in self.children:
                 if child.proc.returncode is not None:
                     _say(f"{child.name} exited unexpectedly (status {child.proc.returncode}); see {child.log_path}")

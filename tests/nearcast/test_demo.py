@@ -73,13 +73,16 @@ def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory:
         assert res.returncode == 0, res.stderr
         assert {a["id"] for a in json.loads(res.stdout)["appliances"]} == {"edge-a", "edge-b"}
         children = _children_of(proc.pid)
-        assert len(children) == 3
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(30) == 0
-        time.sleep(0.2)
+        assert len(children) >= 3  # control, two edges (+ encoder workers while sample titles encode)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, while the sample titles are still being encoded
+        assert proc.wait(60) == 0
+        time.sleep(0.5)
         for pid in children:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], \
                 f"child {pid} left behind"
+        left = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(proc.pid)], capture_output=True, text=True)
+        alive = [line for line in left.stdout.splitlines() if "Z" not in line.split()[1]]
+        assert not alive, f"processes left in the demo's group: {alive}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -87,9 +90,10 @@ def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory:
         if proc.stdout:
             proc.stdout.close()
 
-    # A second run reuses the state directory: same operator token.
+    # A second run reuses the state directory: same operator token, same enrolled appliances.
     proc = subprocess.Popen([sys.executable, "-m", "nearcast", "demo", "--port", str(port), "--state-dir", str(state),
-                             "--exit-after", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--exit-after", "0.5", "--no-titles"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     assert f"export NEARCAST_TOKEN={token}" in out

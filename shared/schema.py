@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -39,8 +39,155 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def decode(cls: type[T], data: Any, path: str = "") -> T:
-    """Build ``cls`` (a dataclass) from ``data``, strictly."""
-    return typing.cast(T, _decode(cls, data, path, 0))
+    """Build ``cls`` (a dataclass) from ``data``, strictly.
+
+    A decoder compiled once per type does the work (telemetry decodes thousands of these a second);
+    when it finds a problem, the slower reference walk below runs again to name the offending path.
+    """
+    try:
+        return typing.cast(T, _compiled(typing.cast(Any, cls))(data))
+    except (_Invalid, RecursionError):
+        pass
+    _decode(cls, data, path, 0)  # raises SchemaError with the path
+    raise SchemaError(path, "invalid value")  # pragma: no cover - the walk always raises first
+
+
+class _Invalid(Exception):
+    """Raised by compiled decoders; carries no detail (the reference walk produces it)."""
+
+
+_INVALID = _Invalid()
+Decoder = Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+@cache
+def _compiled(tp: Any) -> Decoder:
+    if tp is Any:
+        return _identity
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = get_args(tp)
+        optional = type(None) in args
+        inner = [_compiled(a) for a in args if a is not type(None)]
+        if len(inner) == 1:
+            only = inner[0]
+
+            def opt(value: Any) -> Any:
+                return None if value is None else only(value)
+
+            return opt if optional else only
+
+        def union(value: Any) -> Any:
+            if value is None and optional:
+                return None
+            for dec in inner:
+                try:
+                    return dec(value)
+                except _Invalid:
+                    continue
+            raise _INVALID
+
+        return union
+    if origin is Literal:
+        allowed = get_args(tp)
+        has_bool = any(isinstance(a, bool) for a in allowed)
+
+        def literal(value: Any) -> Any:
+            if value not in allowed or isinstance(value, bool) != has_bool:
+                raise _INVALID
+            return value
+
+        return literal
+    if origin in (list, tuple):
+        item = _compiled((get_args(tp)[:1] or (Any,))[0])
+        as_tuple = origin is tuple
+
+        def sequence(value: Any) -> Any:
+            if not isinstance(value, list | tuple):
+                raise _INVALID
+            items = [item(v) for v in value]
+            return tuple(items) if as_tuple else items
+
+        return sequence
+    if origin is dict:
+        val = _compiled(get_args(tp)[1])
+
+        def mapping(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise _INVALID
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise _INVALID
+                out[k] = val(v)
+            return out
+
+        return mapping
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _compiled_dataclass(tp)
+    if tp is bool:
+        def boolean(value: Any) -> Any:
+            if not isinstance(value, bool):
+                raise _INVALID
+            return value
+
+        return boolean
+    if tp is int:
+        def integer(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _INVALID
+            return value
+
+        return integer
+    if tp is float:
+        def number(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise _INVALID
+            return float(value)
+
+        return number
+    if tp is str:
+        def string(value: Any) -> Any:
+            if not isinstance(value, str):
+                raise _INVALID
+            return value
+
+        return string
+    if tp is type(None):
+        def null(value: Any) -> Any:
+            if value is not None:
+                raise _INVALID
+            return None
+
+        return null
+    raise TypeError(f"schema: unsupported field type {tp!r}")
+
+
+def _compiled_dataclass(cls: type) -> Decoder:
+    hints = _hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = frozenset(f.name for f in fields)
+    required = frozenset(f.name for f in fields
+                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    decoders: list[tuple[str, Decoder | None]] = [(f.name, None) for f in fields]
+    resolved: list[tuple[str, Decoder]] = []
+
+    def dataclass_decoder(value: Any) -> Any:
+        if not resolved:  # fields are compiled on first use: types may refer to each other
+            resolved.extend((name, _compiled(hints[name])) for name, _ in decoders)
+        if not isinstance(value, Mapping) or not names.issuperset(value.keys()) or not required <= value.keys():
+            raise _INVALID
+        kwargs = {name: dec(value[name]) for name, dec in resolved if name in value}
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError, InvalidInput):
+            raise _INVALID from None
+
+    return dataclass_decoder
 
 
 def _type_name(value: Any) -> str:

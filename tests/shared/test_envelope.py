@@ -130,3 +130,20 @@ def test_byte_flips_of_a_valid_message_only_raise_envelope_errors(junk: bytes, p
         REGISTRY.decode(mutated)
     except EnvelopeError:
         pass
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.sampled_from(REGISTRY.names()), json_values)
+def test_compiled_decoders_agree_with_the_reference_walk(mtype: str, body: object) -> None:
+    from shared.schema import SchemaError, _compiled, _decode
+
+    cls = REGISTRY.get(mtype).body
+    try:
+        reference = _decode(cls, body, "body", 0)
+    except SchemaError:
+        reference = "invalid"
+    try:
+        fast = _compiled(cls)(body)
+    except Exception:
+        fast = "invalid"
+    assert fast == reference

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,11 @@ from .agent import DesiredHandler, EdgeAgent
 from .catalog import Catalog
 from .config import EdgeConfig
 from .fill import FillAgent, FillOptions
+from .home import HomeService
 from .memcache import MemoryCache
 from .metrics import EdgeMetrics
+from .models import ModelManager
+from .rerank import RecentDemand
 from .serving import ContentServer, ServingOptions
 from .store import CacheStore
 
@@ -51,7 +55,10 @@ class EdgeContext:
     server: ContentServer
     store: CacheStore
     fill: FillAgent
+    models: ModelManager
+    home: HomeService
     tasks: TaskGroup = field(default_factory=lambda: TaskGroup("edge"))
+    model_tasks: TaskGroup = field(default_factory=lambda: TaskGroup("edge-models"))
 
 
 CTX = web.AppKey("edge", EdgeContext)
@@ -99,7 +106,13 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
     catalog = Catalog(config.cache.dir)
     store = CacheStore(config.cache.dir, config.cache.capacity_bytes, catalog)
     server = make_server(config, metrics, catalog, url, follow_catalog_file=False)
-    server.on_hit = store.record_hit
+    demand = RecentDemand(config.rerank.demand_window_s)
+
+    def on_hit(key: tuple[str, str]) -> None:
+        store.record_hit(key)
+        demand.add(key[0], time.time())
+
+    server.on_hit = on_hit
     f = config.fill
     fill = FillAgent(store, metrics, FillOptions(concurrency=f.concurrency, rate_limit_bps=f.rate_limit_bps,
                                                  window=f.window, max_manifest_bytes=f.max_manifest_bytes,
@@ -107,15 +120,22 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
                                                  eviction_half_life_s=config.cache.eviction_half_life_s),
                      load_control_keys(config), agent.send_ack)
     agent.desired_handlers["fill"] = _fill_handler(fill, fill.public_keys)
-    ctx = EdgeContext(config, metrics, agent, server, store, fill)
+    r = config.rerank
+    models = ModelManager(r.models_dir or config.cache.dir / "models", fill.public_keys, metrics, agent.send_ack,
+                          retry_s=r.model_retry_s)
+    agent.desired_handlers["model"] = _model_handler(models, fill.public_keys)
+    home = HomeService(r, config.control.api_url, models, catalog, metrics, demand)
+    ctx = EdgeContext(config, metrics, agent, server, store, fill, models, home)
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[CTX] = ctx
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_fill)
+    app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
+    app.router.add_get("/v1/home/{profile_id}", home.handle)
     server.add_routes(app)
     return app
 
@@ -126,6 +146,16 @@ def _fill_handler(fill: FillAgent, keys: Mapping[str, bytes]) -> DesiredHandler:
             raise InvalidInput("no control public keys configured (security.control_public_keys_file): "
                                "file-set manifests cannot be verified")
         await fill.apply(env)
+
+    return apply
+
+
+def _model_handler(models: ModelManager, keys: Mapping[str, bytes]) -> DesiredHandler:
+    async def apply(env: Envelope[Any]) -> None:
+        if not keys:
+            raise InvalidInput("no control public keys configured (security.control_public_keys_file): "
+                               "model bundles cannot be verified")
+        await models.apply(env)
 
     return apply
 
@@ -148,6 +178,18 @@ async def _fill(app: web.Application) -> AsyncIterator[None]:
     yield
     await ctx.tasks.aclose()
     await ctx.fill.stop()
+
+
+async def _models(app: web.Application) -> AsyncIterator[None]:
+    """Before MQTT, so the retained desired model finds the manager running and the active model loaded."""
+    ctx = app[CTX]
+    await ctx.models.start()
+    await ctx.home.start()
+    ctx.model_tasks.spawn(ctx.models.run(), name="models")
+    yield
+    await ctx.model_tasks.aclose()
+    await ctx.home.stop()
+    await ctx.models.stop()
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,10 @@ def _id_check(value: str) -> str | None:
     return None if is_valid_id(value) else "must be 1-64 of [A-Za-z0-9._-]"
 
 
+def _unit(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 @dataclass(frozen=True)
 class ApplianceSettings:
     id: str = setting("edge-1", "This appliance's id; also its MQTT user name.", check=_id_check)
@@ -81,6 +85,28 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class RerankSettings:
+    models_dir: Path | None = setting(None, "Where model bundles are unpacked (active and previous version); "
+                                            "empty: <cache.dir>/models.")
+    model_retry_s: float = setting(30.0, "After a failed bundle download, how long before it is tried again.",
+                                   check=positive)
+    candidates_ttl_s: float = setting(60.0, "How long a profile's candidate rows from the control plane are "
+                                            "used before being asked for again.", check=positive)
+    stale_max_s: float = setting(3600.0, "How old cached candidate rows may be and still be served while the "
+                                         "control plane is unreachable.", check=non_negative)
+    control_timeout_s: float = setting(0.5, "Longest wait for the control plane's candidate rows.", check=positive)
+    control_backoff_s: float = setting(5.0, "After the control plane failed to answer, how long pages use stale "
+                                            "rows or local trending without asking it again.", check=non_negative)
+    max_profiles: int = setting(10_000, "Profiles whose candidate rows are kept in memory.", check=positive)
+    demand_window_s: float = setting(900.0, "Recent local demand (a re-ranking feature) counts requests over "
+                                            "this many seconds.", check=positive)
+    bandit_epsilon: float = setting(0.1, "Exploration floor of the artwork bandit (every variant keeps at "
+                                         "least epsilon / variants probability).", check=_unit)
+    bandit_genres: list[str] = setting(["action", "comedy", "drama", "documentary", "family", "thriller"],
+                                       "Genres of the profile affinities the artwork bandit uses as context.")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     appliance: ApplianceSettings = section(ApplianceSettings, "Identity and network position.")
     http: HttpSettings = section(HttpSettings, "The HTTP server clients and the control plane talk to.")
@@ -90,3 +116,4 @@ class EdgeConfig:
     fill: FillSettings = section(FillSettings, "Fetching file sets from peers and the origin.")
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry sent over MQTT.")
     control: ControlSettings = section(ControlSettings, "Where the control plane is.")
+    rerank: RerankSettings = section(RerankSettings, "Model bundles and the home-page re-ranker.")

@@ -6,6 +6,9 @@ Per-title demand is not a Prometheus label (titles are unbounded); it is tallied
 
 from __future__ import annotations
 
+from collections import deque
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.mqtt import MqttMetrics
@@ -36,6 +39,20 @@ class DemandTally:
         out = {k: (v[0], v[1]) for k, v in self.titles.items()}
         self.titles = {}
         return out
+
+
+class LatencyWindow:
+    """The last ``size`` durations; a scrape or telemetry sample reads their p99 (no histogram bucket
+    is fine enough to compare a 3 ms p99 with a 4 ms one, which is what the rollout gate does)."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._ms: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._ms.append(seconds * 1000.0)
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(np.fromiter(self._ms, dtype=np.float64), 99)) if self._ms else 0.0
 
 
 class EdgeMetrics:
@@ -87,3 +104,20 @@ class EdgeMetrics:
         self.evictions = Counter("nearcast_edge_evictions_total", "File sets evicted, by reason", ["reason"],
                                  registry=r)
         self.demand = DemandTally()
+        # model rollout and re-ranking: the control plane's rollout gates read these names from telemetry
+        self.model_info = Gauge("nearcast_edge_model_info", "1 for the model version serving re-ranks",
+                                ["version"], registry=r)
+        self.model_loads = Counter("nearcast_edge_model_loads_total",
+                                   "Model bundles handled, by result (loaded, refused, retry)", ["result"],
+                                   registry=r)
+        self.rerank_requests = Counter("nearcast_edge_rerank_requests_total", "Home pages requested", registry=r)
+        self.rerank_errors = Counter("nearcast_edge_rerank_errors_total",
+                                     "Home pages whose model scoring failed (served in candidate order)",
+                                     registry=r)
+        self.rerank_fallbacks = Counter("nearcast_edge_rerank_fallbacks_total",
+                                        "Home pages not re-ranked by a model or not from fresh candidates "
+                                        "(no model, model error, stale candidates, local trending)", registry=r)
+        self.rerank_latency = LatencyWindow()
+        self.rerank_p99 = Gauge("nearcast_edge_rerank_p99_ms",
+                                "p99 of the last home pages' handling time, in milliseconds", registry=r)
+        self.rerank_p99.set_function(self.rerank_latency.p99_ms)

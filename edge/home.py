@@ -59,7 +59,7 @@ _QUERY_KEYS = frozenset({"device", "hour"})
 
 def parse_query(query: Any, now: float) -> tuple[str, int]:
     """(device, hour) from the query string; anything unexpected is a 400, not a guess."""
-    keys = list(query.keys())
+    keys = [k for k, _ in query.items()]
     if len(keys) != len(set(keys)) or not set(keys) <= _QUERY_KEYS:
         raise InvalidInput(f"query may hold device and hour, once each; got {', '.join(sorted(set(keys)))[:200]}")
     device = query.get("device", "other")

@@ -60,7 +60,9 @@ def test_contract_breaches_are_refused_whole(mutate: Any) -> None:
 
 def test_spec_must_name_only_edge_features() -> None:
     assert check_spec({"features": ["cached_here", "cp_score"]}) == ("cached_here", "cp_score")
-    for bad in ({"features": ["cp_score", "user_log_history"]}, {"features": []}, [], {"features": ["cp_score"] * 2}):
+    bads: list[Any] = [{"features": ["cp_score", "user_log_history"]}, {"features": []}, [],
+                       {"features": ["cp_score"] * 2}]
+    for bad in bads:
         with pytest.raises(CandidateError):
             check_spec(bad)
 

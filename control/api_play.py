@@ -37,14 +37,30 @@ def _decide(ctx: ControlContext, ip: str, title_id: str, count: int, explain: bo
     return ctx.registry.index().steer(ip, title_id, count=count, locator=ctx.locator, explain=explain)
 
 
+def _viewer_override(ctx: ControlContext, request: web.Request) -> str | None:
+    """The demo's "act as a viewer in that ISP" switch: steering only; tokens keep the real address."""
+    wanted = request.query.get("as")
+    if wanted is None:
+        return None
+    if not ctx.config.steering.viewer_override:
+        raise InvalidInput("the 'as' viewer override is disabled on this control plane")
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(wanted))
+    except ValueError:
+        raise InvalidInput("'as' must be an IP address") from None
+
+
 async def play_title(request: web.Request) -> web.Response:
     """Public: the ranked, signed manifest URLs for this client; 503 when no appliance can serve it."""
     ctx = request.app[CTX]
     title_id = check_id(request.match_info["title_id"], "title id")
     ip = play.client_ip(request.remote, request.headers.get("X-Forwarded-For"), ctx.trusted)
+    steer_ip = _viewer_override(ctx, request) or ip
     count = _count(request, ctx.config.steering.answers)
     title = await ctx.store.get_title(title_id)
-    decision = _decide(ctx, ip, title_id, count, explain=False)
+    decision = _decide(ctx, steer_ip, title_id, count, explain=False)
     ranked = [(v.appliance_id, ctx.registry.http_url(v.appliance_id)) for v in decision.ranked]
     ranked = [(a, u) for a, u in ranked if u]
     ctx.metrics.plays.labels("served" if ranked else "no_appliance").inc()
@@ -53,7 +69,8 @@ async def play_title(request: web.Request) -> web.Response:
                                  status=503, headers={"Retry-After": "30"})
     urls = play.play_urls(ctx.keys, title, ranked, ip, ctx.config.security.play_token_ttl_s)
     body: dict[str, Any] = {
-        "title_id": title_id, "client_ip": ip, "expires": int(time.time() + ctx.config.security.play_token_ttl_s),
+        "title_id": title_id, "name": title.name, "client_ip": steer_ip,
+        "expires": int(time.time() + ctx.config.security.play_token_ttl_s),
         "sources": [{"appliance_id": u.appliance_id, "hls": u.hls, "dash": u.dash} for u in urls],
     }
     if title.encrypted:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -103,6 +104,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     api_play.add_routes(app)
     api_content.add_routes(app)
     api_license.add_routes(app)
+    app.router.add_static("/web/", Path(__file__).with_name("web") / "static", append_version=False)
     return app
 
 

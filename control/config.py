@@ -70,6 +70,8 @@ class SteeringSettings:
                                     "matched prefix's site stands in for the client.")
     refresh_s: float = setting(2.0, "Steering snapshot age limit: load changes are seen within this.",
                                check=positive)
+    viewer_override: bool = setting(False, "Demo only: let /v1/play?as=IP choose the client address steering "
+                                    "uses (URL tokens stay bound to the real connection). Never in production.")
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ class Demo:
             f"[auth]\ntokens_file = {_toml_str(tokens_path)}\n\n"
             f"[security]\ntoken_keys_file = {_toml_str(keys_path)}\n\n"
             f"[fill]\ninterval_s = 30.0\n\n"
+            f"[steering]\nviewer_override = true\n\n"
             f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{self._mqtt}")
         return admin
 
@@ -205,6 +206,10 @@ class Demo:
             _say(f"  {sample.title_id:<12} {sample.name}"
                  + ("  (CENC, ClearKey)" if sample.encrypt != "none" else ""))
         first = samples[0].title_id
+        _say("Watch in a browser, as a viewer in ISP 1 or ISP 2:")
+        for sample in samples:
+            for i in range(1, self.edges + 1):
+                _say(f"  {api_url}/web/player.html?title={sample.title_id}&as=127.0.{i}.10")
         _say("Play one like a player would, from inside ISP 1, then steer from ISP 2:")
         _say(f"  nearcast client play {first} --client-ip 127.0.1.10")
         _say(f"  nearcast steer --client-ip 127.0.2.10 --title {first}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,6 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from nearcast.browser import Browser, find_chromium
+
+STATIC = Path(__file__).resolve().parents[2] / "control" / "web" / "static"
+ARTIFACTS = Path(os.environ.get("NEARCAST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
+
+
+async def _watch(url: str, shot: str) -> Any:
+    async with Browser() as browser:
+        await browser.navigate(url)
+        result = await browser.wait_for(
+            "(() => { const v = document.getElementById('video'); const q = v.getVideoPlaybackQuality();"
+            " return v.currentTime > 2 && q.totalVideoFrames > 10 ?"
+            " {t: v.currentTime, frames: q.totalVideoFrames, state: window.nearcastState} : null; })()", timeout=60)
+        await browser.screenshot(ARTIFACTS / "screenshots" / f"{shot}.png")
+        return result
 
 
 @pytest.mark.slow
@@ -53,6 +70,15 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
         assert [r["appliance_id"] for r in steer["ranked"]] == ["edge-b", "edge-a"]
         titles = {t["title_id"] for t in nearcast("title", "ls")["titles"]}
         assert titles == {"demo-ocean", "demo-heist"}
+
+        # In a real browser, the clear title as a viewer in ISP 1 and the encrypted one (ClearKey) in ISP 2.
+        if find_chromium() is not None and (STATIC / "vendor" / "shaka-player.compiled.js").exists():
+            api = env["NEARCAST_API"]
+            played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-ocean&as=127.0.1.10", "player-clear-demo"))
+            assert played["state"]["source"].startswith(edge_a) and played["frames"] > 10
+            played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-heist&as=127.0.2.10",
+                                        "player-encrypted-demo"))
+            assert played["state"]["source"].startswith(edge_b) and played["frames"] > 10
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

@@ -44,7 +44,13 @@ async function main() {
   await player.attach(video);
   let sources;
   try { sources = await steeredSources(); } catch (e) { setState("error"); show("error", e.message); return; }
-  if (state.license) player.configure({ drm: { servers: { "org.w3.clearkey": state.license } } });
+  if (state.license) {
+    player.configure({ drm: { servers: { "org.w3.clearkey": state.license } } });
+    // The MPD names a license path of its own; the play answer's URL carries this viewer's token.
+    player.getNetworkingEngine().registerRequestFilter((type, request) => {
+      if (type === shaka.net.NetworkingEngine.RequestType.LICENSE) request.uris = [state.license];
+    });
+  }
   player.configure({ streaming: { retryParameters: { maxAttempts: 2, timeout: 4000 } } });
 
   const loadStarted = performance.now();

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import xgboost as xgb
@@ -265,3 +266,36 @@ def test_load_model_refuses_a_spec_that_does_not_fit_the_booster(tmp_path: Path)
     (src / "feature_spec.json").write_text("[1, 2")
     with pytest.raises(ModelError, match="cannot load"):
         load_model(src, "v1")
+
+
+async def test_desired_model_over_the_real_broker(edge: Any, watch: Any, keys: Any, repo: Repo) -> None:
+    """The agent's ``desired/model`` hook end to end: retained desired state in, acks out, tamper refused."""
+    from shared.messages import REGISTRY
+
+    repo.signer = keys.signer  # the edge trusts the control plane's key from its config
+    aid = edge.ctx.config.appliance.id
+    topic = f"nearcast/v1/appliances/{aid}/desired/model"
+    w = watch(aid)
+    await w.wait(edge.ctx.agent.session.connected.is_set)
+
+    def final(env_id: str) -> Any:
+        acks = [a for a in w.bodies("/acks") if a.command_id == env_id and a.status in ("done", "failed")]
+        return acks[-1] if acks else None
+
+    try:
+        w.publish(topic, REGISTRY.encode(DesiredModel(1, repo.publish("v1")), sender="control", msg_id="dm-1"),
+                  retain=True)
+        await w.wait(lambda: final("dm-1") is not None)
+        assert final("dm-1").status == "done" and final("dm-1").detail["model_version"] == "v1"
+        d2 = repo.publish("v2")
+        tampered = ModelDescriptor(d2.version, d2.url, d2.size, "f" * 64, d2.signature, d2.key_id)
+        w.publish(topic, REGISTRY.encode(DesiredModel(2, tampered), sender="control", msg_id="dm-2"), retain=True)
+        await w.wait(lambda: final("dm-2") is not None)
+        ack = final("dm-2")
+        assert ack.status == "failed" and ack.detail["model_version"] == "v1" and edge.ctx.models.version == "v1"
+        async with aiohttp.ClientSession() as http, http.get(edge.url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'nearcast_edge_model_info{version="v1"} 1.0' in text
+        assert 'nearcast_edge_model_loads_total{result="refused"} 1.0' in text
+    finally:
+        w.publish(topic, b"", retain=True)

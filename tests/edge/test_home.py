@@ -18,6 +18,7 @@ from aiohttp import web
 
 from edge.app import CTX, EdgeContext, build_app
 from edge.config import EdgeConfig
+from edge.models import LoadedModel
 from shared import bundle, tokens
 from shared import config as cfg
 
@@ -221,4 +222,17 @@ async def test_no_model_serves_candidate_order_counted_as_fallback(edge: Edge, c
     status, page = await edge.home("/v1/home/p4?hour=1")
     assert status == 200 and page["model_version"] is None
     assert [i["title_id"] for i in page["rows"][0]["items"]] == [f"t0-{i}" for i in range(ITEMS)]
+    assert edge.ctx.metrics.rerank_fallbacks._value.get() == 1
+
+
+async def test_a_model_failing_at_serve_time_costs_the_rerank_not_the_page(edge: Edge, control: Control) -> None:
+    await control.start()
+    good = edge.ctx.models.current
+    assert good is not None
+    # the same booster behind a two-column spec: every scoring call raises inside XGBoost
+    edge.ctx.models.current = LoadedModel("broken", ("cp_score", "cached_here"), good.booster, (0, 0))
+    status, page = await edge.home("/v1/home/p5?device=web&hour=9")
+    assert status == 200 and page["model_version"] == "broken" and page["source"] == "control"
+    assert [i["title_id"] for i in page["rows"][0]["items"]] == [f"t0-{i}" for i in range(ITEMS)]
+    assert edge.ctx.metrics.rerank_errors._value.get() == 1
     assert edge.ctx.metrics.rerank_fallbacks._value.get() == 1

@@ -7,6 +7,7 @@ exactly once per model; every model ranks the whole catalogue with the profile's
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,7 @@ class Grids:
     ease: list[dict[str, Any]] = field(default_factory=lambda: [{"lam": v} for v in (50.0, 100.0, 200.0, 400.0, 800.0)])
     item_knn: list[dict[str, Any]] = field(
         default_factory=lambda: [{"neighbours": n, "shrink": s} for n in (50, 100, 200) for s in (10.0, 50.0)])
-    als_reg: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0)
+    als_reg: tuple[float, ...] = (5.0, 10.0, 20.0, 50.0, 100.0)
     als_alpha: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
     als_factors: tuple[int, ...] = (64, 128)
     als_iterations: int = 15
@@ -98,12 +99,17 @@ def _model_lists(model: Recommender, data: TrainData, target: Target, k: int) ->
 
 
 def _tune(factory: Factory, grid: list[dict[str, Any]], vdata: TrainData, vtarget: Target,
-          say: Progress, name: str) -> tuple[dict[str, Any], float]:
+          say: Progress, name: str, seen: dict[str, float] | None = None) -> tuple[dict[str, Any], float]:
+    """Best of ``grid`` by validation NDCG@10; ``seen`` memoises configurations a previous axis already fitted."""
+    memo = {} if seen is None else seen
     best: tuple[float, dict[str, Any]] = (-1.0, grid[0])
     for params in grid:
-        model = factory(**params).fit(vdata)
-        ndcg = score_lists(_model_lists(model, vdata, vtarget, 10), vtarget, vdata, (10,))[10].ndcg
-        say(f"tune {name} {params}: validation NDCG@10 {ndcg:.4f}")
+        key = json.dumps(params, sort_keys=True)
+        if key not in memo:
+            model = factory(**params).fit(vdata)
+            memo[key] = score_lists(_model_lists(model, vdata, vtarget, 10), vtarget, vdata, (10,))[10].ndcg
+            say(f"tune {name} {params}: validation NDCG@10 {memo[key]:.4f}")
+        ndcg = memo[key]
         if ndcg > best[0]:
             best = (ndcg, params)
     return best[1], best[0]
@@ -117,8 +123,9 @@ def tune_baselines(vdata: TrainData, vtarget: Target, grids: Grids, seed: int, s
     als: dict[str, Any] = {"factors": max(grids.als_factors), "reg": grids.als_reg[0],
                            "alpha": grids.als_alpha[len(grids.als_alpha) // 2],
                            "iterations": grids.als_iterations, "seed": seed}
+    seen: dict[str, float] = {}
     for axis, values in (("reg", grids.als_reg), ("alpha", grids.als_alpha), ("factors", grids.als_factors)):
-        als, _ = _tune(ALS, [{**als, axis: v} for v in values], vdata, vtarget, say, "als")
+        als, _ = _tune(ALS, [{**als, axis: v} for v in values], vdata, vtarget, say, "als", seen)
     return {"ease": ease, "item_knn": knn, "als": als}
 
 

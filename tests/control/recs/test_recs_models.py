@@ -170,3 +170,26 @@ def test_content_reaches_titles_nobody_watched(synth: tuple[Interactions, Catalo
     history = sp.csr_matrix((np.ones(len(genre0)), ([0] * len(genre0), genre0)), shape=(1, data.n_items))
     scores = ContentBased().fit(data).score(history)
     assert scores[0, data.item_index()["t0"]] > np.median(scores)
+
+
+def test_trending_favours_rising_titles_over_merely_big_ones() -> None:
+    day = 86_400
+    now = 1_000 * day
+    users, items, stamps = [], [], []
+    for u in range(10):  # "steady": watched all year round, including lately
+        for k, age in enumerate((1, 100, 200, 300)):
+            users.append(f"s{u}-{k}")
+            items.append("steady")
+            stamps.append(now - age * day)
+    for u in range(10):  # "rising": only lately, as many recent plays as steady
+        users.append(f"r{u}")
+        items.append("rising")
+        stamps.append(now - 1 * day)
+    users.append("old")
+    items.append("old")
+    stamps.append(now - 900 * day)
+    inter = Interactions(np.array(users), np.array(items), np.ones(len(users)), np.array(stamps, dtype=np.int64))
+    data = build(inter, Catalog())
+    scores = Trending(half_life_days=14.0, long_half_life_days=180.0).fit(data).score(data.matrix[:1])[0]
+    i = data.item_index()
+    assert scores[i["rising"]] > scores[i["steady"]] > scores[i["old"]]

@@ -18,7 +18,7 @@ from shared.signing import Signer
 from shared.tokens import TokenKeys
 from shared.web import error_middleware, metrics_handler
 
-from . import api_content, api_license, api_ops, api_play, handlers, openapi
+from . import api_content, api_ingest, api_license, api_ops, api_play, handlers, openapi
 from .auth import TokenEntry, TokenStore, auth_middleware, token_hash
 from .config import ControlConfig
 from .context import CTX, ControlContext
@@ -97,6 +97,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     app.cleanup_ctx.append(_geoip)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(api_ingest.lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", _metrics(ctx))
     app.router.add_get("/v1/openapi.json", openapi_json)
@@ -104,6 +105,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     api_play.add_routes(app)
     api_content.add_routes(app)
     api_license.add_routes(app)
+    api_ingest.add_routes(app)
     app.router.add_static("/web/", Path(__file__).with_name("web") / "static", append_version=False)
     return app
 

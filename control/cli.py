@@ -123,6 +123,7 @@ def appliance_undrain(appliance_id: str, api: str, as_json: bool) -> None:
 
 
 def _operator_groups() -> list[click.Command]:
+    from . import cli_ingest  # noqa: F401  (adds `title ingest|jobs|cancel` to cli_ops' title group)
     from .cli_ops import GROUPS  # imported late: cli_ops builds on this module's options
 
     return [appliance, *GROUPS]

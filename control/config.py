@@ -107,6 +107,15 @@ class FillSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    dir: Path | None = setting(None, "Server directory whose masters `title ingest` may name by path instead of "
+                               "uploading them; unset: uploads only.")
+    max_upload_bytes: int = setting(20 << 30, "Largest master PUT /v1/uploads accepts (413 beyond).", check=positive)
+    queue_max: int = setting(8, "Ingest jobs waiting to run at most; more are refused (503).", check=positive)
+    workers: int = setting(0, "Encoder worker processes per ingest job (0: one per CPU).", check=non_negative)
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     http: HttpSettings = section(HttpSettings, "The operator and client API.")
     state: StateSettings = section(StateSettings, "Where the control plane keeps its state.")
@@ -118,6 +127,7 @@ class ControlConfig:
     steering: SteeringSettings = section(SteeringSettings, "Choosing appliances for /v1/play.")
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry ingest and retention.")
     fill: FillSettings = section(FillSettings, "Popularity forecast and fill planning.")
+    ingest: IngestSettings = section(IngestSettings, "Title ingest: uploaded masters and encoding jobs.")
 
     @property
     def tokens_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,6 +23,9 @@ from .prefixes import IPNetwork
 from .registry import RegistryView
 from .steering import GeoLocator
 from .store import Store
+
+if TYPE_CHECKING:  # the encoder stack (PyAV, numpy) is imported by the ingest routes, not here
+    from .jobs import IngestJobs
 
 
 @dataclass
@@ -43,6 +47,8 @@ class ControlContext:
     tasks: TaskGroup = field(default_factory=lambda: TaskGroup("control"))
     #: One plan at a time: a periodic run and an operator's request must not interleave generations.
     fill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The ingest job queue, while the app runs (``api_ingest.lifecycle``).
+    jobs: IngestJobs | None = None
 
 
 CTX = web.AppKey("control", ControlContext)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from control.recs.bundle import load_bundle, save_bundle
 from control.recs.data import Catalog, Interactions
 from control.recs.dataset import TrainData, build
 from control.recs.errors import ModelError
@@ -18,6 +20,8 @@ from control.recs.models.content import ContentBased
 from control.recs.models.ease import EASE, ease_weights
 from control.recs.models.knn import ItemKNN, RP3Beta
 from control.recs.models.popularity import MostPopular, Trending
+from control.recs.pipeline import Pipeline, PipelineConfig
+from control.recs.ranker import RankerParams
 from control.recs.splits import positives, random_split
 
 
@@ -136,6 +140,64 @@ class TestALS(ContractTests):
 
     def make(self, seed: int = 0) -> Recommender:
         return ALS(factors=16, reg=5.0, alpha=5.0, iterations=6, seed=seed)
+
+
+class PipelineModel(Recommender):
+    """The full pipeline seen through the model contract, so the same mixin checks it (saved as a bundle)."""
+
+    kind = "pipeline"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.pipeline = Pipeline(PipelineConfig(
+            candidates=30, folds=2, ease={"lam": 20.0}, als={"factors": 16, "reg": 5.0, "iterations": 6},
+            item_knn={"neighbours": 30, "shrink": 5.0}, rp3beta={"neighbours": 30},
+            ranker=RankerParams(rounds=40, early_stopping=10), seed=seed))
+
+    def fit(self, data: TrainData) -> PipelineModel:
+        self.pipeline.fit(data)
+        self.n_items = data.n_items
+        return self
+
+    def _score(self, history: sp.csr_matrix) -> np.ndarray:
+        return self.pipeline.score(history)
+
+    def params(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError("saved as a bundle directory")
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError("loaded from a bundle directory")
+
+    def save(self, path: Path) -> None:
+        save_bundle(self.pipeline, path)
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineModel:
+        pipeline = load_bundle(path)
+        model = cls(seed=pipeline.config.seed)
+        model.pipeline = pipeline
+        model.n_items = pipeline.n_items
+        return model
+
+
+class TestPipeline(ContractTests):
+    min_lift = 2.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return PipelineModel(seed=seed)
+
+    def test_misuse_is_a_typed_error(self, synth_data: TrainData, tmp_path: Path) -> None:
+        model = self.make()
+        with pytest.raises(ModelError, match="before fit"):
+            model.score(synth_data.matrix[:1])
+        with pytest.raises(ModelError, match="not fitted"):
+            model.save(tmp_path / "b")
+        with pytest.raises(ModelError, match="not a valid bundle"):
+            PipelineModel.load(tmp_path / "nothing-here")
 
 
 def test_ease_woodbury_equals_direct_inverse() -> None:

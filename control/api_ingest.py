@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import os
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from .context import CTX, ControlContext
 from .encode.errors import BadSpec
 from .encode.spec import Codec, Encryption, IngestSpec, LadderMode
 from .jobs import IngestJobs, Publish
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 SPEC_FIELDS = frozenset({"title_id", "name", "genres", "codecs", "ladder", "segment_seconds", "encrypt",
@@ -180,6 +183,16 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 # -- wiring ------------------------------------------------------------------------------------------
+def sweep_partial_uploads(uploads: Path) -> int:
+    """Partial files can only be left by a killed daemon: nobody is uploading before start-up."""
+    if not uploads.is_dir():
+        return 0
+    parts = [p for p in uploads.iterdir() if p.name.startswith(".") and p.name.endswith(".part")]
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return len(parts)
+
+
 def publisher(ctx: ControlContext) -> Publish:
     """What ``POST /v1/titles`` does, for a title a job just published: sign, record, steer."""
     async def publish(title_id: str, who: str) -> str:
@@ -196,6 +209,9 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx entry: the job queue runs after the store opens and stops before it closes."""
     ctx = app[CTX]
     conf = ctx.config.ingest
+    removed = await asyncio.to_thread(sweep_partial_uploads, uploads_dir(ctx))
+    if removed:
+        log.info("removed %d partial upload(s) a previous run left", removed)
     jobs = IngestJobs(ctx.config.origin_dir, ctx.config.content_keys_dir, ctx.config.state.dir / "ingest-jobs.json",
                       publisher(ctx), queue_max=conf.queue_max, workers=conf.workers or None)
     await jobs.start()

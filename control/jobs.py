@@ -35,6 +35,7 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"queued", "running"})
 #: Finished jobs kept in the journal; older ones are dropped (their titles are in the store).
 KEEP_FINISHED = 200
+OPERATOR_CANCEL = "cancelled by an operator"
 
 Publish = Callable[[str, str], Awaitable[str]]
 """``publish(title_id, actor) -> version``: sign and record a title the pipeline just published."""
@@ -138,8 +139,8 @@ class IngestJobs:
     async def stop(self, timeout: float = 30.0) -> None:
         """Cancel what runs (the pipeline stops its processes), then end the worker."""
         for job in list(self._jobs.values()):
-            if job.state == "queued":
-                self._finish(job, "cancelled", "control plane shutting down")
+            if job.state == "queued":  # its upload is kept: the operator can submit it again
+                self._finish(job, "cancelled", "cancelled: the control plane shut down", consume=False)
         if self._running is not None:
             self._running.reason = "cancelled: the control plane shut down"
             self._running.cancel.set()
@@ -189,7 +190,7 @@ class IngestJobs:
             self._finish(job, "cancelled", "cancelled before it started")
             await self._save()
         elif job.state == "running" and self._running is not None and self._running.job is job:
-            self._running.reason = "cancelled by an operator"
+            self._running.reason = OPERATOR_CANCEL
             self._running.cancel.set()
             job.stage = "cancelling"
         else:
@@ -227,7 +228,7 @@ class IngestJobs:
             job.stage = "register"
             job.version = await self.publish(job.title_id, job.actor)
         except IngestCancelled:
-            self._finish(job, "cancelled", running.reason)
+            self._finish(job, "cancelled", running.reason, consume=running.reason == OPERATOR_CANCEL)
         except Exception as exc:
             if not isinstance(exc, NearcastError):
                 log.exception("ingest job %s failed", job.job_id)
@@ -241,13 +242,13 @@ class IngestJobs:
             job.stage = stage
         job.progress = max(job.progress, min(1.0, max(0.0, float(fraction))))
 
-    def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+    def _finish(self, job: Job, state: JobState, error: str | None, *, consume: bool = True) -> None:
         job.state, job.error, job.finished = state, error, time.time()
         if state == "done":
             job.stage, job.progress = "done", 1.0
         elif job.stage != "interrupted":
             job.stage = state
-        if job.consume is not None:
+        if consume and job.consume is not None:
             Path(job.consume).unlink(missing_ok=True)
 
     # -- the journal -----------------------------------------------------------------------------------

@@ -15,9 +15,12 @@ import aiohttp
 import pytest
 from click.testing import CliRunner, Result
 
+from control.api_ingest import sweep_partial_uploads
+from control.encode.spec import IngestSpec
 from control.encode.synth import make_master
-from control.jobs import IngestJobs, Job, trim
+from control.jobs import IngestJobs, Job, QueueFull, trim
 from nearcast.cli import cli
+from shared.errors import Conflict
 from shared.signing import verify_document
 
 from .conftest import Harness, eventually
@@ -226,3 +229,32 @@ def test_trim_keeps_active_jobs_and_the_newest_finished() -> None:
     jobs.append(Job("q", "tq", "n", {}, "s", "a", 0.0))
     kept = trim(jobs, keep=2)
     assert [j.job_id for j in kept] == ["j3", "j4", "q"]
+
+
+async def test_shutdown_keeps_queued_uploads_an_operator_cancel_consumes_them(tmp_path: Path) -> None:
+    async def publish(title_id: str, actor: str) -> str:
+        raise AssertionError("nothing runs")
+
+    kept, dropped = tmp_path / "kept.mp4", tmp_path / "dropped.mp4"
+    kept.write_bytes(b"m")
+    dropped.write_bytes(b"m")
+    jobs = IngestJobs(tmp_path / "origin", tmp_path / "keys", tmp_path / "jobs.json", publish, queue_max=2)
+    first = await jobs.submit(IngestSpec(title_id="a", name="A"), kept, source="upload:a", actor="t", consume=True)
+    second = await jobs.submit(IngestSpec(title_id="b", name="B"), dropped, source="upload:b", actor="t",
+                               consume=True)
+    with pytest.raises(Conflict):
+        await jobs.submit(IngestSpec(title_id="c", name="C"), kept, source="upload:a", actor="t", consume=True)
+    with pytest.raises(QueueFull):
+        await jobs.submit(IngestSpec(title_id="d", name="D"), tmp_path, source="path", actor="t")
+    await jobs.cancel(second.job_id)  # the worker never started: both jobs stay queued until now
+    assert second.state == "cancelled" and not dropped.exists()
+    await jobs.stop(timeout=1)
+    assert first.state == "cancelled" and "shut down" in (first.error or "") and kept.exists()
+
+
+def test_partial_uploads_are_swept_at_start(tmp_path: Path) -> None:
+    assert sweep_partial_uploads(tmp_path / "missing") == 0
+    (tmp_path / ".u1.part").write_bytes(b"x")
+    (tmp_path / "u2").write_bytes(b"x")
+    assert sweep_partial_uploads(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["u2"]

@@ -77,8 +77,8 @@ def _follow(client: ApiClient, job: dict[str, Any], show_bar: bool) -> dict[str,
             while job["state"] in ACTIVE:
                 time.sleep(POLL_S)
                 job = _call(client.get, path)
-                bar.update(int(job["progress"] * 1000) - bar.pos)
                 bar.label = f"ingest {job['title_id']} ({job['stage']})"
+                bar.update(int(job["progress"] * 1000) - bar.pos)
         except KeyboardInterrupt:
             _call(client.post, f"{path}/cancel")
             raise click.ClickException(f"interrupted: cancelled ingest job {job['job_id']}") from None

@@ -8,6 +8,9 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from control.api_ingest import sweep_partial_uploads
+from control.auth import TokenStore
 from control.encode.spec import IngestSpec
 from control.encode.synth import make_master
 from control.jobs import IngestJobs, Job, QueueFull, trim
@@ -258,3 +262,46 @@ def test_partial_uploads_are_swept_at_start(tmp_path: Path) -> None:
     (tmp_path / "u2").write_bytes(b"x")
     assert sweep_partial_uploads(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["u2"]
+
+
+def test_daemon_process_ingests_and_shuts_down_mid_job(tmp_path: Path, master: Path, daemons: Any,
+                                                       port_factory: Any, system_mosquitto_port: int) -> None:
+    """The real ``nearcast control serve`` process: spawned encoder workers, SIGTERM during a job, restart."""
+    tokens = TokenStore([])
+    admin = tokens.add("admin", "admin")
+    tokens.save(tmp_path / "tokens.json")
+    (tmp_path / "in").mkdir()
+    long = make_master(tmp_path / "in" / "long.mp4", seconds=8, width=640, height=360)
+    port = port_factory()
+    conf = tmp_path / "control.toml"
+    conf.write_text(f'[http]\nport = {port}\n[state]\ndir = "{tmp_path / "state"}"\n'
+                    f'[auth]\ntokens_file = "{tmp_path / "tokens.json"}"\n[mqtt]\nport = {system_mosquitto_port}\n'
+                    f'[ingest]\ndir = "{tmp_path / "in"}"\nworkers = 2\n')
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "NEARCAST_API": url, "NEARCAST_TOKEN": admin}
+
+    def nearcast(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nearcast", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    d = daemons(["control", "serve", "--config", str(conf)], "control")
+    d.wait_http(f"{url}/healthz")
+    res = nearcast(*_ingest_args(master, "d1", "--json"))
+    assert res.returncode == 0, res.stderr + d.log()
+    assert json.loads(res.stdout)["state"] == "done"
+    res = nearcast(*_ingest_args(long, "d2", "--server-path", "--no-wait", "--json"))
+    assert res.returncode == 0, res.stderr
+    job_id = json.loads(res.stdout)["job_id"]
+    deadline = time.monotonic() + 30
+    while json.loads(nearcast("title", "jobs", "--json").stdout)["jobs"][0]["state"] != "running":
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.1)
+    assert d.stop(15) == 0, d.log()  # a clean exit: the running encode was cancelled, not orphaned
+    assert not (tmp_path / "state" / "origin" / "d2").exists()
+
+    d = daemons(["control", "serve", "--config", str(conf)], "control-again")
+    d.wait_http(f"{url}/healthz")
+    jobs = {j["job_id"]: j for j in json.loads(nearcast("title", "jobs", "--json").stdout)["jobs"]}
+    assert jobs[job_id]["state"] == "cancelled" and "shut down" in jobs[job_id]["error"]
+    assert json.loads(nearcast("title", "show", "d1", "--json").stdout)["version"] == "v1"
+    assert d.stop(15) == 0

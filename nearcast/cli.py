@@ -36,6 +36,27 @@ for _group in OPERATOR_GROUPS:
     cli.add_command(_group)
 
 
+@cli.group()
+def model() -> None:
+    """Recommendation models: evaluate against baselines, train a bundle."""
+
+
+@cli.group()
+def recs() -> None:
+    """Batch recommendations for data scientists."""
+
+
+def _mount_recs() -> None:
+    from control.recs.cli import eval_command, offline_command, train_command
+
+    model.add_command(eval_command)
+    model.add_command(train_command)
+    recs.add_command(offline_command)
+
+
+_mount_recs()
+
+
 # -- config docs --------------------------------------------------------------------------------------
 def _config_class(daemon: str) -> tuple[type[Any], str]:
     if daemon == "edge":

@@ -154,5 +154,9 @@ async def test_periodic_planning_publishes_by_itself(control_factory: Any) -> No
 
         # An early run may have planned before the demand arrived; a later one catches up by itself.
         await eventually(planned)
-    audit = (await control.call("GET", "/v1/audit"))[1]["entries"]
-    assert any(e["action"] == "fill.publish" and e["actor"] == "scheduler" for e in audit)
+
+    async def audited() -> bool:  # the audit row may land just after the retained publish
+        audit = (await control.call("GET", "/v1/audit"))[1]["entries"]
+        return any(e["action"] == "fill.publish" and e["actor"] == "scheduler" for e in audit)
+
+    await eventually(audited)

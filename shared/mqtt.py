@@ -31,6 +31,8 @@ from .tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
+_MAX_ROUTES = 100_000
+
 Handler = Callable[[Envelope[Any], str], Awaitable[None]]
 
 
@@ -129,6 +131,8 @@ class MqttSession:
         self.ack_topic = ack_topic
         self.connected = asyncio.Event()
         self._subs: dict[str, tuple[int, Handler]] = {}
+        self._routes: dict[str, Handler] = {}
+        self._ok = metrics.received.labels("ok")
         self._client: aiomqtt.Client | None = None
         self._tasks = TaskGroup(f"mqtt[{client_id}]")
         self._stopping = False
@@ -138,6 +142,7 @@ class MqttSession:
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
         self._subs[topic_filter] = (qos, handler)
+        self._routes.clear()
         client = self._client
         if client is not None and self.connected.is_set():
             self._tasks.spawn(client.subscribe(topic_filter, qos=qos), name=f"subscribe {topic_filter}")
@@ -260,8 +265,15 @@ class MqttSession:
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
     def _handler_for(self, topic: aiomqtt.Topic) -> Handler | None:
+        # Filter matching splits strings; a fleet sends on a bounded set of topics, so remember them.
+        cached = self._routes.get(topic.value)
+        if cached is not None:
+            return cached
         for topic_filter, (_, handler) in self._subs.items():
             if topic.matches(topic_filter):
+                if len(self._routes) >= _MAX_ROUTES:
+                    self._routes.clear()
+                self._routes[topic.value] = handler
                 return handler
         return None
 
@@ -294,7 +306,7 @@ class MqttSession:
             log.exception("handler for %s failed on message %s", topic, env.id)
             await self._ack(env.id, env.type, "failed", f"internal error: {type(exc).__name__}")
             return
-        self.metrics.received.labels("ok").inc()
+        self._ok.inc()
 
     async def _ack_rejected(self, payload: bytes | bytearray, reason: str) -> None:
         try:

@@ -188,6 +188,11 @@ class Demo:
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 await child.proc.wait()
 
+    async def _report_exit(self, child: Child) -> None:
+        status = await child.proc.wait()
+        _say(f"{child.name} exited (status {status}); players fail over to the next edge and steering "
+             f"drops it within the heartbeat TTL. Log: {child.log_path}")
+
     async def _titles(self, api_url: str, admin: str, cancel: threading.Event) -> None:
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:
@@ -258,8 +263,11 @@ class Demo:
             titles_task = work.spawn(self._titles(api_url, admin, cancel), name="titles") if self.titles else None
             waiters = TaskGroup("demo-wait")
             waiters.spawn(stop.wait(), name="ctrl-c")
-            for c in self.children:
-                waiters.spawn(c.proc.wait(), name=f"exit:{c.name}")
+            # Without the control plane there is no demo; an edge may die (that is what failover is
+            # for): say so and keep the rest running.
+            waiters.spawn(control.proc.wait(), name="exit:control")
+            for c in started:
+                work.spawn(self._report_exit(c), name=f"exit:{c.name}")
             if self.exit_after is not None:
                 waiters.spawn(asyncio.sleep(self.exit_after), name="exit-after")
             if titles_task is not None:
@@ -271,10 +279,9 @@ class Demo:
             if titles_task is not None and titles_task.done() and not titles_task.cancelled() \
                     and titles_task.exception() is not None:
                 code = 1
-            for child in self.children:
-                if child.proc.returncode is not None:
-                    _say(f"{child.name} exited unexpectedly (status {child.proc.returncode}); see {child.log_path}")
-                    code = 1
+            if control.proc.returncode is not None:
+                _say(f"control exited unexpectedly (status {control.proc.returncode}); see {control.log_path}")
+                code = 1
         except RuntimeError as exc:
             _say(f"nearcast demo: {exc}")
             code = 1

@@ -60,15 +60,17 @@ def client() -> None:
 @click.option("--abr", type=click.Choice(["throughput", "bola"]), default="throughput", show_default=True)
 @click.option("--url", "urls", multiple=True, help="Play these HLS URLs (in order) instead of asking /v1/play.")
 @click.option("--max-segments", type=click.IntRange(1), default=None, help="Stop after this many segments.")
+@click.option("--max-buffer", type=click.FloatRange(1, 600), default=30.0, show_default=True,
+              help="Seconds of media the player buffers ahead before it waits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QoE summary as JSON.")
 def play(title: str, api: str, client_ip: str | None, trace: str | None, abr: str, urls: tuple[str, ...],
-         max_segments: int | None, as_json: bool) -> None:
+         max_segments: int | None, max_buffer: float, as_json: bool) -> None:
     """Stream TITLE from the steered edge and print startup delay, rebuffering, bitrate, switches and QoE."""
     try:
         trace_obj = load(trace) if trace else None
         sources = list(urls) or asyncio.run(steer(api, title, client_ip, os.environ.get("NEARCAST_TOKEN")))
         player = Player(sources, PlayerOptions(abr=abr, trace=trace_obj, client_ip=client_ip,
-                                               max_segments=max_segments))
+                                               max_segments=max_segments, max_buffer_s=max_buffer))
         qoe = asyncio.run(player.play())
     except (NearcastError, InvalidInput) as exc:
         raise click.ClickException(str(exc)) from None

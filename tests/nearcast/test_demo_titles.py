@@ -21,6 +21,11 @@ STATIC = Path(__file__).resolve().parents[2] / "control" / "web" / "static"
 ARTIFACTS = Path(os.environ.get("NEARCAST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 
 
+def _pid_of(parent: int, needle: str) -> int:
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+    return next(int(line.split()[0]) for line in out.splitlines() if needle in line)
+
+
 async def _watch(url: str, shot: str) -> Any:
     async with Browser() as browser:
         await browser.navigate(url)
@@ -79,6 +84,30 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
             played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-heist&as=127.0.2.10",
                                         "player-encrypted-demo"))
             assert played["state"]["source"].startswith(edge_b) and played["frames"] > 10
+
+        # Failover: edge-a dies while a viewer in ISP 1 streams from it; the client carries on from
+        # edge-b with a stall under 4 s, and the control plane stops steering to edge-a in its TTL.
+        edge_a_pid = _pid_of(proc.pid, "edge-a.toml")
+        viewer = subprocess.Popen([sys.executable, "-m", "nearcast", "client", "play", "demo-ocean",
+                                   "--client-ip", "127.0.1.10", "--max-buffer", "4", "--json"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3.0)
+        os.kill(edge_a_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        out_json, err = viewer.communicate(timeout=120)
+        assert viewer.returncode == 0, err
+        result = json.loads(out_json)
+        assert result["failovers"] == 1 and result["segments"] == 6, result
+        assert result["sources"][0].startswith(edge_a) and result["sources"][-1].startswith(edge_b)
+        assert result["rebuffer_s"] < 4.0, result
+        while True:
+            ranked = [r["appliance_id"] for r in nearcast("steer", "--client-ip", "127.0.1.10",
+                                                          "--title", "demo-ocean")["ranked"]]
+            if "edge-a" not in ranked:
+                break
+            assert time.monotonic() - killed_at < 15.0 + 5.0, "edge-a still steered after its heartbeat TTL"
+            time.sleep(0.5)
+        assert ranked == ["edge-b"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

@@ -22,7 +22,8 @@ ARTIFACTS = Path(os.environ.get("NEARCAST_ARTIFACTS", Path(__file__).resolve().p
 
 
 def _pid_of(parent: int, needle: str) -> int:
-    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True,
+                         text=True).stdout
     return next(int(line.split()[0]) for line in out.splitlines() if needle in line)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from shared.errors import ConfigError, Forbidden, Unauthorized
+from shared.files import write_private
 
 Role = Literal["read", "admin"]
 ROLES: tuple[Role, ...] = ("read", "admin")
@@ -66,13 +66,8 @@ class TokenStore:
         return cls(entries)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"tokens": [{"name": e.name, "sha256": e.sha256, "role": e.role} for e in self._by_hash.values()]}
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        tmp.replace(path)
+        write_private(path, json.dumps(doc, indent=2))
 
     def add(self, name: str, role: Role) -> str:
         """Create a token; only its hash is kept. Returns the token (shown once)."""

@@ -6,16 +6,14 @@ API's data as is; failures are one line and a non-zero exit.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from shared import config as cfg
+from shared import daemon_cli
 from shared.errors import NearcastError
-from shared.logs import setup_logging
 
 from .client import ApiClient
 from .config import ENV_PREFIX, ControlConfig
@@ -58,12 +56,7 @@ def serve(config_path: Path, verbose: int) -> None:
     """Run the control plane until SIGTERM or SIGINT."""
     from .daemon import run
 
-    setup_logging(max(verbose, 1))
-    try:
-        conf = cfg.load(ControlConfig, config_path, env_prefix=ENV_PREFIX)
-        asyncio.run(run(conf))
-    except NearcastError as exc:
-        raise click.ClickException(str(exc)) from None
+    daemon_cli.serve(ControlConfig, config_path, env_prefix=ENV_PREFIX, verbose=verbose, run=run)
 
 
 @click.group()

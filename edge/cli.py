@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
 
-from shared import config as cfg
-from shared.errors import NearcastError
-from shared.logs import setup_logging
+from shared import daemon_cli
 
 from .config import ENV_PREFIX, EdgeConfig
 
@@ -27,9 +24,4 @@ def serve(config_path: Path, verbose: int) -> None:
     """Run the edge daemon until SIGTERM or SIGINT."""
     from .daemon import run
 
-    setup_logging(max(verbose, 1))
-    try:
-        conf = cfg.load(EdgeConfig, config_path, env_prefix=ENV_PREFIX)
-        asyncio.run(run(conf))
-    except NearcastError as exc:
-        raise click.ClickException(str(exc)) from None
+    daemon_cli.serve(EdgeConfig, config_path, env_prefix=ENV_PREFIX, verbose=verbose, run=run)

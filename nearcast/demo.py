@@ -26,6 +26,7 @@ import aiohttp
 
 from control.auth import TokenStore
 from shared.broker import EmbeddedBroker, free_port
+from shared.files import write_private
 from shared.tasks import TaskGroup
 from shared.tokens import TokenKeys
 
@@ -48,12 +49,6 @@ def _say(msg: str) -> None:
 
 def _toml_str(value: object) -> str:
     return json.dumps(str(value))
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 async def _wait_quietly(task: asyncio.Task[None]) -> None:
@@ -95,9 +90,7 @@ class Demo:
             store = TokenStore([])
             admin = store.add("demo-admin", "admin")
             store.save(tokens_path)
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(admin + "\n")
+            write_private(token_file, admin + "\n")
         self._mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
         (st / "control.toml").write_text(
             f"[http]\nhost = \"127.0.0.1\"\nport = {self.port}\n\n"
@@ -125,13 +118,13 @@ class Demo:
             status, bundle = await api.call("POST", "/v1/enroll", {"token": body["token"]})
             if status != 201:
                 raise RuntimeError(f"{name} could not redeem its enrollment: {bundle}")
-            _write_private(saved, json.dumps(bundle))
+            write_private(saved, json.dumps(bundle))
         keys = st / f"{name}-token-keys.json"
-        _write_private(keys, bundle["token_keys"])
+        write_private(keys, bundle["token_keys"])
         pub = st / f"{name}-control-keys.json"
         pub.write_text(json.dumps(bundle["signing_keys"]))
         password = st / f"{name}-mqtt-password"
-        _write_private(password, bundle["mqtt"]["password"])
+        write_private(password, bundle["mqtt"]["password"])
         port = free_port()
         cfg = st / f"{name}.toml"
         cfg.write_text(

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,7 +57,7 @@ def _type_label(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is list:
         return f"list of {_type_label(get_args(tp)[0])}"
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         return f"{_type_label(args[0])} (optional)"
     return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(tp, str(tp))
@@ -64,7 +65,7 @@ def _type_label(tp: Any) -> str:
 
 def _coerce(tp: Any, value: Any, *, from_env: bool) -> Any:
     origin = get_origin(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None or value == "":  # TOML has no null: "" means unset
             return None

@@ -113,8 +113,11 @@ class Spool:
 
     def _enforce_budget(self) -> None:
         segs = self._segments()
-        while len(segs) > 1 and self._size() > self.max_bytes:
+        sizes = {s: self._seg_path(s).stat().st_size for s in segs}  # one stat per segment per append
+        total = sum(sizes.values())
+        while len(segs) > 1 and total > self.max_bytes:
             oldest = segs.pop(0)
+            total -= sizes[oldest]
             dropped = sum(1 for _ in self._iter_segment(oldest, 0))
             self._seg_path(oldest).unlink()
             if self._cursor[0] <= oldest:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TokenError
+from .files import write_private
 
 MAX_TOKEN_LEN = 4096
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
@@ -99,11 +100,7 @@ class TokenKeys:
         return cls.from_json(text, str(path))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_private(path, self.to_json())
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ class IngestJobs:
         self._jobs: dict[str, Job] = {}
         self._specs: dict[str, IngestSpec] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._save_lock = asyncio.Lock()
         self._running: _Running | None = None
         self._tasks = TaskGroup("ingest")
         self._idle = asyncio.Event()
@@ -265,10 +266,13 @@ class IngestJobs:
             return []
 
     async def _save(self) -> None:
-        kept = trim(list(self._jobs.values()))
-        self._jobs = {j.job_id: j for j in kept}
-        doc = {"jobs": [{**j.to_json(), "consume": j.consume} for j in kept]}
-        await asyncio.to_thread(_write_atomic, self.journal, json.dumps(doc))
+        # One journal write at a time: two requests saving at once would otherwise race on the
+        # temporary file.  The snapshot is taken under the lock, so the last write holds the newest state.
+        async with self._save_lock:
+            kept = trim(list(self._jobs.values()))
+            self._jobs = {j.job_id: j for j in kept}
+            doc = {"jobs": [{**j.to_json(), "consume": j.consume} for j in kept]}
+            await asyncio.to_thread(_write_atomic, self.journal, json.dumps(doc))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -26,6 +26,7 @@ from control.encode.fileset import sweep_staging
 from control.encode.pipeline import ingest
 from control.encode.spec import IngestSpec
 from shared.errors import Conflict, NearcastError, NotFound
+from shared.files import write_atomic
 from shared.ids import new_id
 from shared.tasks import TaskGroup
 
@@ -272,11 +273,5 @@ class IngestJobs:
             kept = trim(list(self._jobs.values()))
             self._jobs = {j.job_id: j for j in kept}
             doc = {"jobs": [{**j.to_json(), "consume": j.consume} for j in kept]}
-            await asyncio.to_thread(_write_atomic, self.journal, json.dumps(doc))
+            await asyncio.to_thread(write_atomic, self.journal, json.dumps(doc))
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from shared import topics
 from shared.errors import InvalidInput
+from shared.files import write_atomic
 from shared.ids import check_id
 
 ITERATIONS = 101  # what mosquitto_passwd uses; the password is 32 random bytes, not a human secret
@@ -61,20 +61,11 @@ def acl_file(control_username: str) -> str:
     return topics.acl_rules(control_username)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # World-readable on purpose: mosquitto drops to its own user and must read them.  The file holds
-    # only salted hashes of random passwords.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
-
-
 def write_broker_files(directory: Path, entries: Mapping[str, str], control_username: str) -> tuple[Path, Path]:
     """Write ``passwd`` and ``acl`` into ``directory``; returns their paths."""
     passwd, acl = directory / "passwd", directory / "acl"
-    _atomic_write(passwd, password_file(entries))
-    _atomic_write(acl, acl_file(control_username))
+    # World-readable on purpose: mosquitto drops to its own user and must read them.  The password
+    # file holds only salted hashes of random passwords.
+    write_atomic(passwd, password_file(entries), mode=0o644)
+    write_atomic(acl, acl_file(control_username), mode=0o644)
     return passwd, acl

@@ -8,12 +8,12 @@ to ``<state>/filesets/<title_id>/<version>.json``: a stable URL per version, nev
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput, NotFound
+from shared.files import write_atomic
 from shared.ids import check_id
 from shared.signing import Signer, sign_document
 
@@ -76,10 +76,7 @@ def register(origin_dir: Path, filesets_dir: Path, signer: Signer, title_id: str
     signed = sign_document(signer, {"title_id": title_id, "version": version, "files": files,
                                     "hls": hls, "dash": dash, "encryption": encryption})
     target = filesets_dir / title_id / f"{version}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(signed, sort_keys=True))
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(signed, sort_keys=True))
     now = time.time()
     return TitleRecord(title_id, name[:200], genres, version, sum(f["size"] for f in files), str(target), now,
                        False, released if released is not None else now, hls, dash,

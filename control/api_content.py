@@ -12,7 +12,7 @@ from shared import tokens
 from shared.errors import InvalidInput, NotFound
 from shared.ids import check_id
 
-from . import origin
+from . import api_recs, origin
 from .api_ops import _body, actor
 from .context import CTX
 from .fill_runner import run_fill
@@ -38,6 +38,7 @@ async def register_title(request: web.Request) -> web.Response:
                              released=float(released) if released is not None else None)
     await ctx.store.put_title(record, actor=actor(request))
     ctx.registry.set_title(record.title_id, record.version, record.size)
+    await api_recs.on_published(ctx, record)
     return web.json_response(title_json(record), status=201)
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from shared.errors import Conflict, Forbidden, InvalidInput, NearcastError, NotFound
 from shared.ids import check_id
 
-from . import origin
+from . import api_recs, origin
 from .api_ops import _body, actor
 from .context import CTX, ControlContext
 from .encode.errors import BadSpec
@@ -200,6 +200,7 @@ def publisher(ctx: ControlContext) -> Publish:
                                          ctx.signer, title_id)
         await ctx.store.put_title(record, actor=who)
         ctx.registry.set_title(record.title_id, record.version, record.size)
+        await api_recs.on_published(ctx, record)
         return record.version
 
     return publish

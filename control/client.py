@@ -33,7 +33,7 @@ class ApiClient:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                content_type: str = "application/json") -> Any:
+                content_type: str = "application/json", text: bool = False) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
@@ -54,6 +54,8 @@ class ApiClient:
             raise ApiError(f"cannot reach the control API at {self.base_url}: {exc.reason}") from None
         except (TimeoutError, OSError) as exc:
             raise ApiError(f"control API at {self.base_url} failed: {exc}") from None
+        if text:
+            return payload.decode("utf-8", errors="replace")
         if not payload:
             return None
         try:

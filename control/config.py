@@ -116,6 +116,23 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class RecsSettings:
+    rows_ttl_s: float = setting(30.0, "How long a profile's computed rows are reused before they are rebuilt.",
+                                check=positive)
+    trending_half_life_s: float = setting(86400.0, "Plays this old count half in Trending Now.", check=positive)
+    trending_window_s: float = setting(14 * 86400.0, "Plays older than this are ignored by Trending Now.",
+                                       check=positive)
+    trending_refresh_s: float = setting(60.0, "Trending scores are recomputed at most this often.", check=positive)
+    row_size: int = setting(40, "Titles per row at most.", check=positive)
+    explore_epsilon: float = setting(0.2, "Probability that the discovery row's slot is chosen at random.",
+                                     check=non_negative)
+    new_title_days: float = setting(30.0, "A title published this recently and barely watched is promoted in "
+                                    "the discovery row.", check=non_negative)
+    train_timeout_s: float = setting(3600.0, "A training job running longer than this is stopped.",
+                                     check=positive)
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     http: HttpSettings = section(HttpSettings, "The operator and client API.")
     state: StateSettings = section(StateSettings, "Where the control plane keeps its state.")
@@ -128,6 +145,7 @@ class ControlConfig:
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry ingest and retention.")
     fill: FillSettings = section(FillSettings, "Popularity forecast and fill planning.")
     ingest: IngestSettings = section(IngestSettings, "Title ingest: uploaded masters and encoding jobs.")
+    recs: RecsSettings = section(RecsSettings, "Recommendations: events, homepage rows, training.")
 
     @property
     def tokens_path(self) -> Path:
@@ -156,3 +174,7 @@ class ControlConfig:
     @property
     def origin_dir(self) -> Path:
         return self.state.dir / "origin"
+
+    @property
+    def recs_dir(self) -> Path:
+        return self.state.dir / "recs"

@@ -26,6 +26,7 @@ from .store import Store
 
 if TYPE_CHECKING:  # the encoder stack (PyAV, numpy) is imported by the ingest routes, not here
     from .jobs import IngestJobs
+    from .recs_service import RecsService
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ControlContext:
     fill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The ingest job queue, while the app runs (``api_ingest.lifecycle``).
     jobs: IngestJobs | None = None
+    #: Events, rows and training, while the app runs (``api_recs.lifecycle``).
+    recs: RecsService | None = None
 
 
 CTX = web.AppKey("control", ControlContext)

@@ -17,3 +17,7 @@ class ControlMetrics:
                                     ["route", "status"], registry=self.registry)
         self.plays = Counter("nearcast_control_play_requests_total", "Play requests by outcome", ["result"],
                              registry=self.registry)
+        self.events = Counter("nearcast_control_events_total", "Viewing events by outcome (accepted, duplicate, "
+                              "rejected)", ["outcome"], registry=self.registry)
+        self.home_requests = Counter("nearcast_control_home_requests_total", "Candidate-row requests by whether "
+                                     "the model scored the profile", ["source"], registry=self.registry)

@@ -97,6 +97,33 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
     ("get", "/v1/telemetry/rollups", "Telemetry rollups.", False,
      [_q("resolution", {"type": "string", "enum": ["60", "3600"]}), _q("appliance", ID),
       _q("hours", HOURS)], None, 200),
+    ("post", "/v1/events", "A batch of viewing events (idempotent by event_id); bad events are rejected with a "
+     "reason, the rest kept.", True, [], {"type": "object", "properties": {"events": {
+         "type": "array", "maxItems": 500, "items": {"type": "object", "properties": {
+             "event_id": ID, "type": {"type": "string", "enum": ["play_start", "progress", "complete", "thumbs",
+                                                                 "list_add", "list_remove", "search", "impression",
+                                                                 "abandon", "qoe"]},
+             "profile_id": ID, "title_id": ID, "ts": {"type": "number"}, "region": ID,
+             "device": {"type": "string", "enum": ["tv", "mobile", "web", "tablet", "other"]}},
+             "required": ["event_id", "type", "profile_id", "ts"]}}}, "required": ["events"]}, 200),
+    ("get", "/v1/profiles/{profile_id}/home", "A profile's candidate homepage rows (for the edge re-ranker).",
+     True, [], None, 200),
+    ("get", "/v1/catalog", "Catalog metadata of every title.", False, [], None, 200),
+    ("put", "/v1/catalog", "Merge catalog metadata (up to 1000 titles per request).", False, [],
+     {"type": "object", "properties": {"titles": {"type": "array", "items": {"type": "object", "properties": {
+         "title_id": ID, "name": {"type": "string"}, "genres": {"type": "array", "items": {"type": "string"}},
+         "cast": {"type": "array", "items": {"type": "string"}},
+         "directors": {"type": "array", "items": {"type": "string"}},
+         "tags": {"type": "array", "items": {"type": "string"}}, "year": {"type": "integer"},
+         "description": {"type": "string"}, "artwork": {"type": "array", "items": ID}},
+         "required": ["title_id"]}}}, "required": ["titles"]}, 200),
+    ("get", "/v1/catalog/{title_id}", "One title's catalog metadata.", False, [], None, 200),
+    ("get", "/v1/recs", "The serving recommendation model, the last training job, the event count.", False, [],
+     None, 200),
+    ("post", "/v1/recs/train", "Train the recommendation pipeline on the event log (a background job).", False,
+     [], None, 202),
+    ("get", "/v1/recs/export/{name}", "The event log as interactions.csv, or catalog.csv (model eval's formats).",
+     False, [], None, 200),
 ]
 
 

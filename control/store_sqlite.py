@@ -20,6 +20,8 @@ import sqlite_utils
 from shared.db import Database
 from shared.errors import Conflict, InvalidInput, NotFound
 
+from .catalog import CatalogEntry
+from .events import Event
 from .store import (
     ApplianceMeta,
     ApplianceRecord,
@@ -72,7 +74,19 @@ def _v1(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Viewing events (append-only, idempotent by event id) and catalog metadata."""
+    db.executescript("""
+    create table events (event_id text primary key, ts real not null, type text not null,
+                         profile_id text not null, title_id text, device text not null, region text,
+                         data text not null, received real not null);
+    create index events_profile on events (profile_id, ts);
+    create index events_ts on events (ts);
+    create table catalog (title_id text primary key, meta text not null, updated real not null);
+    """)
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 def _audit(db: sqlite_utils.Database, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
@@ -397,3 +411,95 @@ class SqliteStore:
             "update fill_state set ack_status = ?, progress = ?, ack_ts = ?, detail = ? "
             "where appliance_id = ? and generation = ?",
             [status, progress, ts, text, appliance_id, generation]))
+
+    # -- viewing events --------------------------------------------------------------------------------
+    async def add_events(self, events: Sequence[Event], received: float) -> int:
+        rows = [(e.event_id, e.ts, e.type, e.profile_id, e.title_id, e.device, e.region,
+                 json.dumps(dict(e.data), sort_keys=True), received) for e in events]
+
+        def write(db: sqlite_utils.Database) -> int:
+            before = db.conn.total_changes
+            db.conn.executemany("insert or ignore into events (event_id, ts, type, profile_id, title_id, device, "
+                                "region, data, received) values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return int(db.conn.total_changes - before)
+
+        return await self.db.write(write)
+
+    async def profile_events(self, profile_id: str, *, limit: int = 5000) -> list[Event]:
+        rows = await self.db.read(lambda db: db.execute(
+            f"select {_EVENT_COLS} from events where profile_id = ? order by ts desc limit ?",
+            [profile_id, limit]).fetchall())
+        return [_event(r) for r in rows]
+
+    async def events_page(self, *, after: int = 0, limit: int = 10_000, since: float = 0.0,
+                          types: Sequence[str] = ()) -> list[tuple[int, Event]]:
+        type_sql = f" and type in ({','.join('?' * len(types))})" if types else ""
+
+        def read(db: sqlite_utils.Database) -> list[Any]:
+            return db.execute(f"select rowid, {_EVENT_COLS} from events where rowid > ? and ts >= ?{type_sql} "
+                              "order by rowid limit ?", [after, since, *types, limit]).fetchall()
+
+        return [(int(r[0]), _event(r[1:])) for r in await self.db.read(read)]
+
+    async def title_activity(self, since: float, types: Sequence[str], bucket_s: float
+                             ) -> list[tuple[str | None, str, float, int]]:
+        """``(region, title_id, bucket start, events)`` for trending."""
+        marks = ",".join("?" * len(types))
+
+        def read(db: sqlite_utils.Database) -> list[Any]:
+            return db.execute(f"select region, title_id, cast(ts / ? as integer) * ?, count(*) from events "
+                              f"where ts >= ? and title_id is not null and type in ({marks}) "
+                              "group by 1, 2, 3", [bucket_s, bucket_s, since, *types]).fetchall()
+
+        return [(r[0], r[1], float(r[2]), int(r[3])) for r in await self.db.read(read)]
+
+    async def count_events(self) -> int:
+        return int((await self.db.read(lambda db: db.execute("select count(*) from events").fetchone()))[0])
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    async def put_catalog(self, entries: Sequence[tuple[str, Mapping[str, Any]]], *, actor: str,
+                          only_missing: bool = False) -> int:
+        """Merge fields into entries (creating them); ``only_missing`` fills fields that are still empty."""
+        now = time.time()
+
+        def write(db: sqlite_utils.Database) -> int:
+            changed = 0
+            for title_id, fields in entries:
+                row = db.execute("select meta from catalog where title_id = ?", [title_id]).fetchone()
+                current = _catalog(title_id, row[0]) if row else CatalogEntry(title_id)
+                wanted = {k: v for k, v in fields.items() if not (only_missing and getattr(current, k))}
+                merged = current.merged(wanted)
+                if row is None or merged != current:
+                    db.execute("insert or replace into catalog (title_id, meta, updated) values (?, ?, ?)",
+                               [title_id, json.dumps(merged.to_json(), sort_keys=True), now])
+                    changed += 1
+            if actor != "system":
+                _audit(db, actor, "catalog.put", f"{len(entries)} title(s)", {"changed": changed})
+            return changed
+
+        return await self.db.write(write)
+
+    async def list_catalog(self) -> list[CatalogEntry]:
+        rows = await self.db.read(lambda db: db.execute("select title_id, meta from catalog order by title_id")
+                                  .fetchall())
+        return [_catalog(r[0], r[1]) for r in rows]
+
+    async def get_catalog(self, title_id: str) -> CatalogEntry:
+        rows = await self.db.read(lambda db: db.execute("select title_id, meta from catalog where title_id = ?",
+                                                        [title_id]).fetchall())
+        if not rows:
+            raise NotFound(f"no catalog entry for {title_id!r}")
+        return _catalog(rows[0][0], rows[0][1])
+
+
+_EVENT_COLS = "event_id, ts, type, profile_id, title_id, device, region, data"
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], row[2], row[3], float(row[1]), row[5], row[6], row[4], json.loads(row[7]))
+
+
+def _catalog(title_id: str, text: str) -> CatalogEntry:
+    d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+    d["title_id"] = title_id
+    return CatalogEntry(**d)

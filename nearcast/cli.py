@@ -43,15 +43,18 @@ def model() -> None:
 
 @cli.group()
 def recs() -> None:
-    """Batch recommendations for data scientists."""
+    """Recommendations: batch top-K for data scientists; training and homepage rows on the control plane."""
 
 
 def _mount_recs() -> None:
+    from control.cli_recs import recs_commands
     from control.recs.cli import eval_command, offline_command, train_command
 
     model.add_command(eval_command)
     model.add_command(train_command)
     recs.add_command(offline_command)
+    for command in recs_commands():
+        recs.add_command(command)
 
 
 _mount_recs()

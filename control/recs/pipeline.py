@@ -149,6 +149,9 @@ class Pipeline:
             xs.append(cand.features[keep])
             ys.append(label[keep])
             gs.append(batch[cand.rows[keep]].astype(np.int64))
+        if not xs:  # nobody in this fold has a held-out title (short histories carved to nothing)
+            return (np.zeros((0, len(self.feature_names)), np.float32), np.zeros(0, np.float32),
+                    np.zeros(0, np.int64))
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
 
     @property

@@ -141,7 +141,8 @@ async def control(control_factory: Any) -> Harness:
 
 
 def make_origin_title(state: Path, title_id: str, *, segments: int = 3, segment_bytes: int = 4096,
-                      version: int = 1, encryption: dict[str, str] | None = None) -> int:
+                      version: int = 1, encryption: dict[str, str] | None = None,
+                      genres: tuple[str, ...] = ("drama",)) -> int:
     """A small published title on the origin (what the encoder leaves): files plus ``fileset.json``."""
     import hashlib
     import os
@@ -159,6 +160,6 @@ def make_origin_title(state: Path, title_id: str, *, segments: int = 3, segment_
                         "rendition": None, "kind": "segment"})
     (root / "fileset.json").write_text(json.dumps({
         "schema": "nearcast.fileset/1", "title_id": title_id, "name": title_id.title(), "version": version,
-        "genres": ["drama"], "hls": "master.m3u8", "dash": "manifest.mpd", "encryption": encryption,
+        "genres": list(genres), "hls": "master.m3u8", "dash": "manifest.mpd", "encryption": encryption,
         "files": entries}))
     return sum(len(d) for d in files.values())

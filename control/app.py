@@ -18,7 +18,7 @@ from shared.signing import Signer
 from shared.tokens import TokenKeys
 from shared.web import error_middleware, metrics_handler
 
-from . import api_content, api_ingest, api_license, api_ops, api_play, api_recs, handlers, openapi
+from . import api_content, api_ingest, api_license, api_models, api_ops, api_play, api_recs, handlers, openapi
 from .auth import TokenEntry, TokenStore, auth_middleware, token_hash
 from .config import ControlConfig
 from .context import CTX, ControlContext
@@ -37,7 +37,7 @@ from .store_sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-control/0.1"
-PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/", "/v1/license/", "/v1/profiles/")
+PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/", "/v1/license/", "/v1/profiles/", "/v1/bundles/")
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll", "/v1/events"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,6 +95,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     session.subscribe(topics.ALL_ACKS, handlers.ack_handler(ctx))
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_geoip)
+    app.cleanup_ctx.append(api_models.lifecycle)  # before MQTT: the first acks find the deployment loaded
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
     app.cleanup_ctx.append(api_ingest.lifecycle)
@@ -107,6 +108,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     api_content.add_routes(app)
     api_license.add_routes(app)
     api_ingest.add_routes(app)
+    api_models.add_routes(app)
     api_recs.add_routes(app)
     app.router.add_static("/web/", Path(__file__).with_name("web") / "static", append_version=False)
     return app

@@ -133,6 +133,14 @@ class RecsSettings:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    tick_s: float = setting(1.0, "How often a model deployment advances: bake ends, ack timeouts, republishing "
+                            "desired state that could not be published.", check=positive)
+    synthetic_pages: int = setting(600, "Pages of the seeded synthetic viewing log an edge model trains on when "
+                                   "the impression log is too small.", check=positive)
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     http: HttpSettings = section(HttpSettings, "The operator and client API.")
     state: StateSettings = section(StateSettings, "Where the control plane keeps its state.")
@@ -145,6 +153,7 @@ class ControlConfig:
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry ingest and retention.")
     fill: FillSettings = section(FillSettings, "Popularity forecast and fill planning.")
     ingest: IngestSettings = section(IngestSettings, "Title ingest: uploaded masters and encoding jobs.")
+    models: ModelSettings = section(ModelSettings, "Edge model bundles and their rollout.")
     recs: RecsSettings = section(RecsSettings, "Recommendations: events, homepage rows, training.")
 
     @property
@@ -174,6 +183,14 @@ class ControlConfig:
     @property
     def origin_dir(self) -> Path:
         return self.state.dir / "origin"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state.dir / "edge-models"
+
+    @property
+    def deploy_state_path(self) -> Path:
+        return self.state.dir / "deploy" / "state.json"
 
     @property
     def recs_dir(self) -> Path:

@@ -25,6 +25,8 @@ from .steering import GeoLocator
 from .store import Store
 
 if TYPE_CHECKING:  # the encoder stack (PyAV, numpy) is imported by the ingest routes, not here
+    from .bundles import BundleRepo
+    from .deploy import DeployService
     from .jobs import IngestJobs
     from .recs_service import RecsService
 
@@ -52,6 +54,9 @@ class ControlContext:
     jobs: IngestJobs | None = None
     #: Events, rows and training, while the app runs (``api_recs.lifecycle``).
     recs: RecsService | None = None
+    #: Sealed edge model bundles and their rollout (``api_models.lifecycle``).
+    bundles: BundleRepo | None = None
+    deploy: DeployService | None = None
 
 
 CTX = web.AppKey("control", ControlContext)

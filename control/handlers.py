@@ -50,8 +50,10 @@ def telemetry_handler(ctx: ControlContext) -> MqttHandler:
         aid = _sender_is_topic_owner(env, topic)
         if not isinstance(env.body, Telemetry):
             raise InvalidInput(f"{env.type} on a telemetry topic")
-        ctx.ingest.submit(aid, env.body, time.time())
+        row = ctx.ingest.submit(aid, env.body, time.time())
         ctx.fleet.on_telemetry(aid, env.body)
+        if ctx.deploy is not None:
+            ctx.deploy.on_telemetry(row)
 
     return handle
 
@@ -103,6 +105,10 @@ def ack_handler(ctx: ControlContext) -> MqttHandler:
         body = env.body
         if not isinstance(body, Ack):
             raise InvalidInput(f"{env.type} on an acks topic")
+        if body.command_type == "desired.model":
+            if ctx.deploy is not None:
+                ctx.deploy.on_ack(aid, body)
+            return
         if body.command_type != "desired.fill":
             log.info("ack from %s: %s %s %s", aid, body.command_type, body.status, body.reason)
             return

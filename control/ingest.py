@@ -102,8 +102,12 @@ class TelemetryIngest:
         deltas = {k: (v - previous[k] if k in previous and v >= previous[k] else v) for k, v in row.counters.items()}
         return replace(row, counters=deltas)
 
-    def submit(self, appliance_id: str, sample: Telemetry, ts: float) -> None:
-        """Validate and enqueue; raises :class:`InvalidInput` for a bad sample (the MQTT loop counts it)."""
+    def submit(self, appliance_id: str, sample: Telemetry, ts: float) -> TelemetryRow:
+        """Validate and enqueue; raises :class:`InvalidInput` for a bad sample (the MQTT loop counts it).
+
+        Returns the sample with its counters as deltas, for consumers that judge intervals (rollout gates),
+        even when the store's queue is full and the sample is dropped from storage.
+        """
         try:
             row = validate(appliance_id, sample, ts)
         except InvalidInput:
@@ -114,9 +118,10 @@ class TelemetryIngest:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
             self.metrics.samples.labels("dropped").inc()
-            return
+            return row
         self.metrics.samples.labels("accepted").inc()
         self._observe_demand(row)
+        return row
 
     def _observe_demand(self, row: TelemetryRow) -> None:
         record = self.registry.appliances.get(row.appliance_id)

@@ -124,6 +124,27 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
      [], None, 202),
     ("get", "/v1/recs/export/{name}", "The event log as interactions.csv, or catalog.csv (model eval's formats).",
      False, [], None, 200),
+    ("get", "/v1/models", "Edge model versions built here, and the version the fleet runs.", False, [], None, 200),
+    ("post", "/v1/models", "Train and seal an edge re-ranker bundle (impression log, else a seeded synthetic log).",
+     False, [], {"type": "object", "properties": {
+         "version": ID, "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+         "source": {"type": "string", "enum": ["auto", "log", "synthetic"]},
+         "pages": {"type": "integer", "minimum": 50, "maximum": 5000}}}, 201),
+    ("get", "/v1/models/{version}", "One model version: descriptor and bundle metadata.", False, [], None, 200),
+    ("get", "/v1/bundles/{name}", "A sealed model bundle, <version>.ncb (Range requests resume downloads).", True,
+     [], None, 200),
+    ("get", "/v1/deployment", "The latest model deployment; each appliance's desired and active version.", False,
+     [], None, 200),
+    ("post", "/v1/deployment", "Deploy a model version in waves, gated on the edges' re-rank health.", False, [],
+     {"type": "object", "properties": {
+         "version": ID, "waves": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 20},
+         "bake_s": {"type": "number", "minimum": 0, "maximum": 604800}, "gates": {"type": "object", "properties": {
+             **{k: {"type": "number", "minimum": 0} for k in (
+                 "max_error_increase", "max_fallback_increase", "p99_slack_ms", "ack_timeout_s", "max_wait_s")},
+             "max_p99_ratio": {"type": "number", "minimum": 1}, "min_requests": {"type": "integer", "minimum": 1}}}},
+      "required": ["version"]}, 202),
+    ("post", "/v1/deployment/rollback", "Roll the latest deployment back to the previous version.", False, [],
+     {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 200}}}, 202),
 ]
 
 

@@ -206,6 +206,14 @@ class ApplianceRollout:
     failure: str = ""
 
 
+def check_waves(waves: Iterable[float]) -> list[float]:
+    """Cumulative percentages, rising strictly within (0, 100] and ending at 100."""
+    out = [float(w) for w in waves]
+    if not out or out[-1] != 100 or any(not (a < b) for a, b in zip([0.0, *out], out, strict=False)):
+        raise RolloutError(f"waves must rise strictly within (0, 100] and end at 100, not {out}")
+    return out
+
+
 def wave_size(percent: float, n: int) -> int:
     """Appliances in a wave of ``percent`` over ``n``: rounded down, at least one, all at 100 %."""
     if n == 0:
@@ -226,10 +234,7 @@ class Deployment:
         self.previous = None if previous is None else check_id(previous, "model version")
         if self.version == self.previous:
             raise Conflict(f"version {version!r} is already the current version")
-        self.waves = [float(w) for w in waves]
-        if not self.waves or self.waves[-1] != 100 or any(
-                not (a < b) for a, b in zip([0.0, *self.waves], self.waves, strict=False)):
-            raise RolloutError(f"waves must rise strictly within (0, 100] and end at 100, not {self.waves}")
+        self.waves = check_waves(waves)
         if not (math.isfinite(bake_s) and bake_s >= 0):
             raise RolloutError(f"bake time must be finite and >= 0, not {bake_s!r}")
         self.bake_s = bake_s
@@ -360,6 +365,14 @@ class Deployment:
             out.append(ApplianceRollout(a, desired[a], self._reported.get(a), wave, self._online.get(a, True),
                                         self._failures.get(a, "")))
         return out
+
+    @property
+    def appliances(self) -> tuple[str, ...]:
+        return tuple(self._fleet)
+
+    def reported(self, appliance_id: str) -> str | None:
+        """The version the appliance last said it runs (None when it never said)."""
+        return self._reported.get(appliance_id)
 
     def converged(self) -> bool:
         """Every online appliance reports its desired version."""

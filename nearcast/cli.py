@@ -38,7 +38,7 @@ for _group in OPERATOR_GROUPS:
 
 @cli.group()
 def model() -> None:
-    """Recommendation models: evaluate against baselines, train a bundle."""
+    """Recommendation models: evaluate and train offline; build, deploy and roll back edge re-rankers."""
 
 
 @cli.group()
@@ -47,11 +47,14 @@ def recs() -> None:
 
 
 def _mount_recs() -> None:
+    from control.cli_models import COMMANDS as MODEL_COMMANDS
     from control.cli_recs import recs_commands
     from control.recs.cli import eval_command, offline_command, train_command
 
     model.add_command(eval_command)
     model.add_command(train_command)
+    for command in MODEL_COMMANDS:
+        model.add_command(command)
     recs.add_command(offline_command)
     for command in recs_commands():
         recs.add_command(command)

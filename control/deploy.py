@@ -29,7 +29,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ class DeployService:
 
     def __init__(self, *, session: MqttSession, fleet: Fleet, registry: RegistryView, store: Store,
                  repo: BundleRepo, state_path: Path, tick_s: float, metrics: CollectorRegistry,
-                 clock: Any = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.session = session
         self.fleet = fleet
         self.registry = registry
@@ -201,7 +201,7 @@ class DeployService:
     async def run(self) -> None:
         while True:
             try:
-                async with asyncio.timeout(self.tick_s):  # not wait_for: on 3.11 it can swallow a cancel
+                async with asyncio.timeout(self._sleep_s()):  # not wait_for: on 3.11 it can swallow a cancel
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -210,6 +210,13 @@ class DeployService:
                 await self.step()
             except Exception:  # a failing step must not end deployments: the next tick retries
                 log.exception("model deployment step failed")
+
+    def _sleep_s(self) -> float:
+        """Until the next tick, or sooner when the current wave's bake ends: a wave is not held a tick late."""
+        dep = self.dep
+        if dep is not None and dep.phase == "baking" and dep.current.bake_until is not None:
+            return max(0.005, min(self.tick_s, dep.current.bake_until - self.clock() + 0.001))
+        return self.tick_s
 
     # -- operators ---------------------------------------------------------------------------------
     async def deploy(self, req: DeployRequest, actor: str) -> dict[str, Any]:

@@ -80,6 +80,18 @@ async def play_title(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+async def edges(request: web.Request) -> web.Response:
+    """Public: the appliances this client should use for anything but a title (its homepage rows)."""
+    ctx = request.app[CTX]
+    ip = play.client_ip(request.remote, request.headers.get("X-Forwarded-For"), ctx.trusted)
+    steer_ip = _viewer_override(ctx, request) or ip
+    decision = ctx.registry.index().steer(steer_ip, None, count=_count(request, ctx.config.steering.answers),
+                                          locator=ctx.locator, explain=False)
+    ranked = [{"appliance_id": v.appliance_id, "url": ctx.registry.http_url(v.appliance_id)} for v in decision.ranked]
+    return web.json_response({"client_ip": steer_ip, "edges": [e for e in ranked if e["url"]]},
+                             headers={"Cache-Control": "no-store"})
+
+
 async def steer(request: web.Request) -> web.Response:
     """Operator: the same decision with every appliance kept or dropped and why."""
     ctx = request.app[CTX]
@@ -98,3 +110,4 @@ async def steer(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/play/{title_id}", play_title)
     app.router.add_get("/v1/steer", steer)
+    app.router.add_get("/v1/edges", edges)

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.errors import InvalidInput
-from shared.ids import check_id
+from shared.errors import InvalidInput, NotFound
+from shared.ids import check_id, is_valid_id
 from shared.web import read_json
 
 from . import catalog
@@ -117,8 +117,24 @@ async def export(request: web.Request) -> web.Response:
     return web.Response(text=interactions if name == "interactions.csv" else cat, content_type="text/csv")
 
 
+async def artwork(request: web.Request) -> web.StreamResponse:
+    """Public: one artwork variant of a published title (marketing stills are not protected content)."""
+    ctx = request.app[CTX]
+    title_id = check_id(request.match_info["title_id"], "title id")
+    name = request.match_info["name"]
+    if not name.endswith(".jpg") or not is_valid_id(name[:-4]):
+        raise InvalidInput("artwork is <variant>.jpg")
+    await ctx.store.get_title(title_id)  # 404 unless published
+    path = ctx.config.origin_dir / title_id / "artwork" / name
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound(f"no artwork {name} for {title_id}")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400",
+                                           "Access-Control-Allow-Origin": "*"})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/v1/artwork/{title_id}/{name}", artwork)
     r.add_post("/v1/events", post_events)
     r.add_get("/v1/profiles/{profile_id}/home", profile_home)
     r.add_get("/v1/catalog", list_catalog)

@@ -37,8 +37,9 @@ from .store_sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-control/0.1"
-PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/", "/v1/license/", "/v1/profiles/", "/v1/bundles/")
-PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll", "/v1/events"})
+PUBLIC_PREFIXES = ("/v1/play/", "/v1/filesets/", "/v1/origin/", "/v1/license/", "/v1/profiles/", "/v1/artwork/",
+                   "/v1/bundles/")
+PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll", "/v1/events", "/v1/edges"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

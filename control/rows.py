@@ -138,7 +138,8 @@ class _Page:
 
     def row(self, row_id: str, title: str, items: Sequence[tuple[str, float]], **extra: Any) -> dict[str, Any]:
         return {"id": row_id, "title": title, **extra, "items": [
-            {"title_id": t, "score": round(s, 6), "artwork": list(self.inp.titles[t].artwork)} for t, s in items]}
+            {"title_id": t, "name": self.inp.titles[t].name, "score": round(s, 6),
+             "artwork": list(self.inp.titles[t].artwork)} for t, s in items]}
 
 
 def build_rows(inp: RowsInput, config: RowsConfig = RowsConfig(), *, rng: random.Random | None = None
@@ -155,7 +156,9 @@ def build_rows(inp: RowsInput, config: RowsConfig = RowsConfig(), *, rng: random
         rows.append(page.row("continue-watching", "Continue Watching", cw_items))
     x = state.because_of()
     if x is not None:
-        items = page.take(inp.neighbours(x.title_id), config.because_size)
+        # a small catalogue must leave titles for Top Picks: Because-you-watched takes at most a quarter
+        size = min(config.because_size, max(3, len(inp.titles) // 4))
+        items = page.take(inp.neighbours(x.title_id), size)
         if items:
             name = inp.titles[x.title_id].name if x.title_id in inp.titles else x.title_id
             rows.append(page.row("because-you-watched", f"Because you watched {name}", items, seed=x.title_id))

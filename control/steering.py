@@ -239,18 +239,24 @@ class SteeringIndex:
         d: npt.NDArray[np.float64] = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, h)))
         return np.where(np.isnan(d), np.inf, d)
 
-    def steer(self, client_ip: object, title_id: str, *, count: int = 3, client_location: GeoPoint | None = None,
-              locator: GeoLocator | None = None, explain: bool = True) -> SteeringDecision:
-        """Rank the appliances for ``client_ip`` and ``title_id``; see the module docstring for the order."""
+    def steer(self, client_ip: object, title_id: str | None, *, count: int = 3,
+              client_location: GeoPoint | None = None, locator: GeoLocator | None = None,
+              explain: bool = True) -> SteeringDecision:
+        """Rank the appliances for ``client_ip`` and ``title_id``; see the module docstring for the order.
+
+        ``title_id=None`` ranks every healthy appliance whatever it holds: the edge a client should ask for
+        things that are not titles (its homepage rows).
+        """
         ip = parse_ip(client_ip)
-        check_id(title_id, "title id")
+        if title_id is not None:
+            check_id(title_id, "title id")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_ANSWERS:
             raise InvalidInput(f"count must be an integer in 1..{MAX_ANSWERS}, not {count!r}")
         match = self.prefixes.lookup(ip)
         owners: tuple[int, ...] = match.values if match else ()
         where, source = self._client_location(ip, owners, client_location, locator)
         # Only healthy holders are ranked, so the per-request work scales with them, not the fleet.
-        held_by = self._holders.get(title_id)
+        held_by = self._holders.get(title_id) if title_id is not None else np.arange(len(self.views), dtype=np.int64)
         if held_by is None:
             held_by = np.zeros(0, dtype=np.int64)
         candidates = held_by[self._healthy[held_by]]
@@ -284,7 +290,7 @@ class SteeringIndex:
             others = [self._static_drop[i] or Verdict(v.appliance_id, False, Reason.NO_COPY, no_copy)
                       for i, v in enumerate(self.views) if i not in eligible]
             dropped = (*surplus, *others)
-        return SteeringDecision(str(ip), title_id, prefix, where, source, ranked, dropped)
+        return SteeringDecision(str(ip), title_id or "*", prefix, where, source, ranked, dropped)
 
     def _kept(self, i: int, rank: int, reason: Reason, distance: float, prefix: str | None) -> Verdict:
         view = self.views[i]

@@ -175,7 +175,7 @@ class HomeService:
             out_items = []
             for i, (it, score) in enumerate(items):
                 artwork, prop = next(picks) if it.artwork else (None, 1.0)
-                out_items.append({"title_id": it.title_id, "score": score, "artwork": artwork,
+                out_items.append({"title_id": it.title_id, "name": it.name, "score": score, "artwork": artwork,
                                   "propensity": prop, "impression_id": f"{page_id}-{r}-{i}"})
             out_rows.append({"id": row.id, "title": row.title, "items": out_items})
         return {"profile_id": profile_id, "page_id": page_id, "source": source,
@@ -191,7 +191,9 @@ class HomeService:
         cands, source = await self.candidates(profile_id, now)
         body = self.page(profile_id, cands, source, device, hour, now)
         self.metrics.rerank_latency.add(time.perf_counter() - started)
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
+        # Pages are served by the control plane and ask the steered edge for their rows: allow any origin
+        # (the answer holds no secret, and a simple GET needs no preflight).
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Access-Control-Allow-Origin": "*"})
 
 
 def _checked(scores: F32, n: int) -> F32:

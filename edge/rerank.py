@@ -8,7 +8,8 @@ Contract assumed of the control plane (``GET {control.api_url}/v1/profiles/{prof
     {"profile_id": "p1",
      "affinities": {"drama": 0.7, ...},            # optional: genre → [0, 1], the bandit's context
      "rows": [{"id": "because-you-watched", "title": "Because you watched X",
-               "items": [{"title_id": "t1", "score": 0.93, "artwork": ["a1", "a2"]}, ...]}, ...]}
+               "items": [{"title_id": "t1", "name": "Title", "score": 0.93, "artwork": ["a1", "a2"]}, ...]},
+              ...]}
 
 Rows keep the control plane's order; only the items inside a row are re-ordered.  Anything outside
 the bounds below is refused as a whole (:class:`CandidateError`) rather than half-used.
@@ -57,6 +58,7 @@ class Item:
     title_id: str
     score: float
     artwork: tuple[str, ...] = ()
+    name: str = ""  # display name, passed through to the page
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,10 @@ def _item(doc: Any, where: str) -> Item:
         raise CandidateError(f"{where}: artwork must be a list of at most {MAX_ARTWORK} ids")
     if len(set(artwork)) != len(artwork):
         raise CandidateError(f"{where}: artwork variants must be unique")
-    return Item(str(title_id), _finite(doc.get("score", 0.0), f"{where}: score"), tuple(artwork))
+    name = doc.get("name", "")
+    if not isinstance(name, str):
+        raise CandidateError(f"{where}: name must be a string")
+    return Item(str(title_id), _finite(doc.get("score", 0.0), f"{where}: score"), tuple(artwork), name[:200])
 
 
 def parse_candidates(doc: Any, profile_id: str) -> Candidates:

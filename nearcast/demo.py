@@ -30,7 +30,7 @@ from shared.files import write_private
 from shared.tasks import TaskGroup
 from shared.tokens import TokenKeys
 
-from .demo_titles import Api, fill_and_wait, publish_samples
+from .demo_titles import DEMO_PROFILE, Api, fill_and_wait, publish_samples, seed_catalog, seed_history_and_train
 
 HEALTH_TIMEOUT_S = 60.0
 
@@ -193,8 +193,11 @@ class Demo:
             try:
                 _say("titles: preparing sample titles (generated masters, encoded by the real pipeline)")
                 samples = await publish_samples(api, self.state, _say, cancel)
+                await seed_catalog(api, samples)
                 _say("titles: planning fills and waiting for the edges to hold them")
                 await fill_and_wait(api, self.edges)
+                version = await seed_history_and_train(api, samples, _say)
+                _say(f"recs: serving model {version}")
             except Exception as exc:
                 if not cancel.is_set():
                     _say(f"titles: failed: {exc}")
@@ -204,10 +207,12 @@ class Demo:
             _say(f"  {sample.title_id:<12} {sample.name}"
                  + ("  (CENC, ClearKey)" if sample.encrypt != "none" else ""))
         first = samples[0].title_id
-        _say("Watch in a browser, as a viewer in ISP 1 or ISP 2:")
-        for sample in samples:
-            for i in range(1, self.edges + 1):
-                _say(f"  {api_url}/web/player.html?title={sample.title_id}&as=127.0.{i}.10")
+        _say("Open the homepage in a browser, as a viewer in ISP 1 or ISP 2 (rows re-ranked by that ISP's edge):")
+        for i in range(1, self.edges + 1):
+            _say(f"  {api_url}/web/index.html?profile={DEMO_PROFILE}&as=127.0.{i}.10")
+        _say("or go straight to a player:")
+        for sample in samples[:2]:
+            _say(f"  {api_url}/web/player.html?title={sample.title_id}&as=127.0.1.10")
         _say("Play one like a player would, from inside ISP 1, then steer from ISP 2:")
         _say(f"  nearcast client play {first} --client-ip 127.0.1.10")
         _say(f"  nearcast steer --client-ip 127.0.2.10 --title {first}")

@@ -192,3 +192,24 @@ async def test_geoip_database_locates_clients_outside_every_prefix(control_facto
     assert d["location_source"] == "geoip" and [v["appliance_id"] for v in d["ranked"]] == ["edge-nyc", "edge-mad"]
     d = (await control.call("GET", "/v1/steer?client_ip=10.1.3.4&title=t1"))[1]
     assert d["ranked"][0]["appliance_id"] == "edge-mad"
+
+
+async def test_edges_ranks_every_healthy_appliance_for_the_homepage(control_factory: Any) -> None:
+    control = await control_factory({"http": {"trusted_proxies": ["127.0.0.1/32"]}})
+    client = await _fleet(control)
+    try:
+        # edge-d holds nothing: still a place to fetch homepage rows from, never a place to play t1 from
+        await control.enroll("edge-d", site="fra1", region="de", asn=64502, prefixes=["10.4.0.0/16"], lat=50.1,
+                             lon=8.7)
+        await control.announce(client, "edge-d", "http://edge-d.example:8080")
+        await eventually(lambda: control.ctx.fleet.get("edge-d"))
+        await asyncio.sleep(0.5)  # the steering snapshot refreshes every 0.2 s in tests
+        status, body = await control.call("GET", "/v1/edges", token=None, headers={"X-Forwarded-For": "10.4.0.9"})
+        assert status == 200 and body["edges"][0] == {"appliance_id": "edge-d", "url": "http://edge-d.example:8080"}
+        status, body = await control.call("GET", "/v1/play/t1", token=None, headers={"X-Forwarded-For": "10.4.0.9"})
+        assert "edge-d" not in [s["appliance_id"] for s in body["sources"]]
+        status, body = await control.call("GET", "/v1/edges?as=10.2.0.1", token=None)
+        assert status == 400 and "override is disabled" in body["error"]
+        assert (await control.call("GET", "/v1/edges?count=99", token=None))[0] == 400
+    finally:
+        await client.__aexit__(None, None, None)

@@ -94,6 +94,21 @@ async def test_home_rows_follow_the_viewing_log(control: Harness) -> None:
     item = next(it for r in doc["rows"] for it in r["items"] if it["title_id"] == "t03")
     assert item["artwork"] == ["candidate_01", "candidate_02"]
     assert parse_candidates(doc, "p1").rows  # the edge's contract holds
+    names = {it["title_id"]: it["name"] for r in doc["rows"] for it in r["items"]}
+    assert names.pop("t03") == "The Third" and all(name == t.title() for t, name in names.items())
+
+    # artwork is public for published titles, and only <variant>.jpg inside the title's artwork folder
+    art = control.state / "origin" / "t03" / "artwork"
+    art.mkdir()
+    (art / "candidate_01.jpg").write_bytes(b"\xff\xd8jpeg")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{control.url}/v1/artwork/t03/candidate_01.jpg") as resp:
+            assert resp.status == 200 and await resp.read() == b"\xff\xd8jpeg"
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        for path, want in (("t03/candidate_02.jpg", 404), ("nope/candidate_01.jpg", 404), ("t03/fileset.json", 400),
+                           ("t03/..%2Ffileset.json", 400), ("t03/.hidden.jpg", 400)):
+            async with http.get(f"{control.url}/v1/artwork/{path}") as resp:
+                assert resp.status == want, (path, resp.status)
 
     # a profile nobody has seen: regional (here global) trending, t03 first
     status, doc = await control.call("GET", "/v1/profiles/newcomer/home", token=None)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nearcast.browser import Browser, find_chromium
+from nearcast.demo_titles import DEMO_PROFILE, SAMPLES
 
 STATIC = Path(__file__).resolve().parents[2] / "control" / "web" / "static"
 ARTIFACTS = Path(os.environ.get("NEARCAST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
@@ -27,13 +28,31 @@ def _pid_of(parent: int, needle: str) -> int:
     return next(int(line.split()[0]) for line in out.splitlines() if needle in line)
 
 
+PLAYING = ("(() => { const v = document.getElementById('video'); if (!v) return null;"
+           " const q = v.getVideoPlaybackQuality();"
+           " return v.currentTime > 2 && q.totalVideoFrames > 10 ?"
+           " {t: v.currentTime, frames: q.totalVideoFrames, state: window.nearcastState} : null; })()")
+
+
+async def _home_then_play(url: str) -> tuple[Any, Any]:
+    """Open the homepage, check its rows and artwork, click the first Top Picks tile and watch it play."""
+    async with Browser() as browser:
+        await browser.navigate(url)
+        home = await browser.wait_for(
+            "(() => { const h = window.nearcastHome; return h && h.state === 'ready' && h.imagesLoaded > 2 ?"
+            " {...h, rows: [...document.querySelectorAll('section.row')].map((s) => [s.dataset.row,"
+            " [...s.querySelectorAll('a.tile')].map((a) => a.dataset.title)])} : null; })()", timeout=30)
+        await browser.screenshot(ARTIFACTS / "screenshots" / "homepage-demo.png")
+        await browser.evaluate("document.querySelector('section[data-row=\"top-picks\"] a.tile').click()")
+        played = await browser.wait_for(PLAYING, timeout=60)
+        await browser.screenshot(ARTIFACTS / "screenshots" / "player-from-homepage-demo.png")
+        return home, played
+
+
 async def _watch(url: str, shot: str) -> Any:
     async with Browser() as browser:
         await browser.navigate(url)
-        result = await browser.wait_for(
-            "(() => { const v = document.getElementById('video'); const q = v.getVideoPlaybackQuality();"
-            " return v.currentTime > 2 && q.totalVideoFrames > 10 ?"
-            " {t: v.currentTime, frames: q.totalVideoFrames, state: window.nearcastState} : null; })()", timeout=60)
+        result = await browser.wait_for(PLAYING, timeout=60)
         await browser.screenshot(ARTIFACTS / "screenshots" / f"{shot}.png")
         return result
 
@@ -75,11 +94,21 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
         steer = nearcast("steer", "--client-ip", "127.0.2.10", "--title", "demo-ocean")
         assert [r["appliance_id"] for r in steer["ranked"]] == ["edge-b", "edge-a"]
         titles = {t["title_id"] for t in nearcast("title", "ls")["titles"]}
-        assert titles == {"demo-ocean", "demo-heist"}
+        assert titles == {t.title_id for t in SAMPLES}
+        assert re.search(r"recs: serving model \S+", text), text
+        # The control plane's rows for the demo profile: its history shows, and the model ranks Top Picks.
+        rows = {r["id"]: [it["title_id"] for it in r["items"]] for r in nearcast("recs", "home", DEMO_PROFILE)["rows"]}
+        assert rows["continue-watching"] == ["demo-garden"] and "top-picks" in rows
+        assert all("demo-ocean" not in items for items in rows.values())  # finished
 
         # In a real browser, the clear title as a viewer in ISP 1 and the encrypted one (ClearKey) in ISP 2.
         if find_chromium() is not None and (STATIC / "vendor" / "shaka-player.compiled.js").exists():
             api = env["NEARCAST_API"]
+            home, clicked = asyncio.run(_home_then_play(f"{api}/web/index.html?profile={DEMO_PROFILE}&as=127.0.1.10"))
+            assert home["edge"] == "edge-a" and home["source"] == "control", home
+            shown = dict(home["rows"])
+            assert shown["continue-watching"] == ["demo-garden"] and shown["top-picks"], home
+            assert clicked["state"]["source"].startswith(edge_a) and clicked["frames"] > 10
             played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-ocean&as=127.0.1.10", "player-clear-demo"))
             assert played["state"]["source"].startswith(edge_a) and played["frames"] > 10
             played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-heist&as=127.0.2.10",

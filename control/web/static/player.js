@@ -1,11 +1,12 @@
 // nearcast player: plays a title from the steered edges with Shaka Player.
 // Sources come from the control plane (/v1/play/{title}) or, for tests, from ?src= URLs.
-// On a fatal error it fails over to the next source; QoE beacons go to /v1/events.
+// On a fatal error it fails over to the next source.  Viewing events (play start, progress, complete)
+// and QoE (startup time, stalls, bitrate switches) go to /v1/events (events.js).
 "use strict";
 
 const params = new URLSearchParams(location.search);
 const state = { state: "loading", sourceIndex: -1, source: null, startupMs: null, stalls: 0, stallMs: 0,
-                switches: 0, errors: [], failovers: 0, height: 0 };
+                switches: 0, errors: [], failovers: 0, height: 0, bandwidth: 0 };
 window.nearcastState = state;
 
 function show(id, value) { const el = document.getElementById(id); if (el) el.textContent = value; }
@@ -26,14 +27,16 @@ async function steeredSources() {
   return body.sources;
 }
 
-function beacon(kind, extra) {
+function viewing(type, extra, leaving) {
   const title = params.get("title");
-  if (!title || !navigator.sendBeacon) return;
-  const event = { type: "qoe", kind, title_id: title, profile_id: params.get("profile") || "anonymous",
-                  at: Date.now() / 1000, startup_ms: state.startupMs, stalls: state.stalls,
-                  stall_ms: Math.round(state.stallMs), switches: state.switches, source: state.sourceIndex,
-                  ...extra };
-  navigator.sendBeacon("/v1/events/qoe", new Blob([JSON.stringify(event)], { type: "application/json" }));
+  if (!title || params.getAll("src").length) return;  // test sources: no title to report on
+  nearcastSend([{ type, title_id: title, profile_id: params.get("profile") || "anonymous", ...extra }], leaving);
+}
+
+function qoe(leaving) {
+  if (state.startupMs === null) return;
+  viewing("qoe", { startup_ms: state.startupMs, stalls: state.stalls, stall_ms: Math.round(state.stallMs),
+                   switches: state.switches, bitrate_kbps: Math.round(state.bandwidth / 1000) }, leaving);
 }
 
 async function main() {
@@ -65,18 +68,28 @@ async function main() {
   player.addEventListener("adaptation", () => {
     const v = player.getVariantTracks().find((t) => t.active);
     if (v && lastVariant !== null && v.id !== lastVariant) { state.switches += 1; show("switches", state.switches); }
-    if (v) { lastVariant = v.id; state.height = v.height; show("resolution", `${v.width}x${v.height} @ ${Math.round(v.bandwidth / 1000)} kbps`); }
+    if (v) { lastVariant = v.id; state.height = v.height; state.bandwidth = v.bandwidth; show("resolution", `${v.width}x${v.height} @ ${Math.round(v.bandwidth / 1000)} kbps`); }
   });
   video.addEventListener("playing", () => {
     if (state.startupMs === null) {
       state.startupMs = Math.round(performance.now() - loadStarted);
       show("startup", `${state.startupMs} ms`);
-      beacon("startup");
+      const start = { position_s: video.currentTime || 0 };
+      if (params.get("impression")) start.impression_id = params.get("impression");
+      viewing("play_start", start);
+      qoe(false);
     }
     setState("playing");
   });
-  video.addEventListener("ended", () => { setState("ended"); beacon("ended"); });
-  setInterval(() => { if (state.state === "playing") beacon("heartbeat", { position_s: video.currentTime }); }, 10000);
+  const progress = (leaving) => {
+    if (state.startupMs !== null && Number.isFinite(video.duration) && video.duration > 0) {
+      viewing("progress", { position_s: Math.min(video.currentTime, video.duration), duration_s: video.duration },
+              leaving);
+    }
+  };
+  video.addEventListener("ended", () => { setState("ended"); viewing("complete", {}); qoe(false); });
+  setInterval(() => { if (state.state === "playing") progress(false); }, 10000);
+  addEventListener("pagehide", () => { if (state.state !== "ended") { progress(true); qoe(true); } });
 
   async function loadFrom(first) {
     for (let i = first; i < sources.length; i++) {
@@ -85,7 +98,7 @@ async function main() {
       // codecs the browser cannot decode (HEVC in Chromium), so the ladder adapts to the browser.
       const url = src.dash || src.hls;
       if (!url) continue;
-      if (i > 0) { state.failovers += 1; beacon("failover", { to: i }); }
+      if (i > 0) state.failovers += 1;
       state.sourceIndex = i; state.source = url; show("source", `${i + 1} of ${sources.length}`);
       try {
         await player.load(url, video.currentTime || null);

@@ -27,6 +27,8 @@ from .context import CTX, ControlContext
 from .deploy import DeployRequest, DeployService
 
 MAX_SEED = 2**32 - 1
+#: One build at a time, queued here rather than on worker threads (a build is CPU-bound for seconds).
+BUILD_LOCK = web.AppKey("model-build-lock", asyncio.Lock)
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,9 @@ async def build_model(request: web.Request) -> web.Response:
     version = req.version or time.strftime("edge-%Y%m%d-%H%M%S", time.gmtime())
     titles = await ctx.store.list_titles()
     pages = req.pages or ctx.config.models.synthetic_pages
-    info = await asyncio.to_thread(repo.build, version, titles, ctx.config.origin_dir, seed=req.seed,
-                                   source=req.source, synthetic_pages=pages)
+    async with request.app[BUILD_LOCK]:
+        info = await asyncio.to_thread(repo.build, version, titles, ctx.config.origin_dir, seed=req.seed,
+                                       source=req.source, synthetic_pages=pages)
     await ctx.store.record_audit(actor(request), "model.build", version, {
         "sha256": info.descriptor.sha256, "size": info.descriptor.size, "seed": req.seed, "source": req.source,
         "notes": str(info.metadata.get("notes", ""))[:300]})
@@ -136,6 +139,7 @@ async def rollback_deployment(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[BUILD_LOCK] = asyncio.Lock()
     r = app.router
     r.add_get("/v1/models", list_models)
     r.add_post("/v1/models", build_model)

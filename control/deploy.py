@@ -318,7 +318,7 @@ class DeployService:
 
     # -- the task's work -----------------------------------------------------------------------------
     async def step(self) -> None:
-        """Tick, report events, publish what changed, persist: the only place that does I/O."""
+        """Tick, report events, publish what changed, persist: the only place that publishes desired state."""
         dep = self.dep
         if dep is not None:
             now = self.clock()

@@ -43,8 +43,8 @@ class BuildRequest:
             check_id(self.version, "model version")
         if not 0 <= self.seed <= MAX_SEED:
             raise InvalidInput(f"seed must be in 0..{MAX_SEED}")
-        if self.pages is not None and not 50 <= self.pages <= 5000:
-            raise InvalidInput("pages must be in 50..5000")
+        if self.pages is not None and not 50 <= self.pages <= 2000:
+            raise InvalidInput("pages must be in 50..2000")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
      False, [], {"type": "object", "properties": {
          "version": ID, "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
          "source": {"type": "string", "enum": ["auto", "log", "synthetic"]},
-         "pages": {"type": "integer", "minimum": 50, "maximum": 5000}}}, 201),
+         "pages": {"type": "integer", "minimum": 50, "maximum": 2000}}}, 201),
     ("get", "/v1/models/{version}", "One model version: descriptor and bundle metadata.", False, [], None, 200),
     ("get", "/v1/bundles/{name}", "A sealed model bundle, <version>.ncb (Range requests resume downloads).", True,
      [], None, 200),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +52,27 @@ async def list_titles(request: web.Request) -> web.Response:
 async def show_title(request: web.Request) -> web.Response:
     title = await request.app[CTX].store.get_title(check_id(request.match_info["title_id"], "title id"))
     return web.json_response(title_json(title))
+
+
+async def title_ladder(request: web.Request) -> web.Response:
+    """Why the title's ladder is what it is: the rungs, every measured (bitrate, quality) point, the source."""
+    ctx = request.app[CTX]
+    title_id = check_id(request.match_info["title_id"], "title id")
+    await ctx.store.get_title(title_id)
+    doc = await asyncio.to_thread(_read_fileset, ctx.config.origin_dir / title_id / "fileset.json")
+    ladder = doc.get("ladder") if isinstance(doc.get("ladder"), dict) else {}
+    return web.json_response({"title_id": title_id, "ladder": ladder, "source": doc.get("source"),
+                              "duration": doc.get("duration")})
+
+
+def _read_fileset(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{path.parent.name} has no encoder manifest (registered from files, not ingested)") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path.parent.name}: encoder manifest unreadable ({exc})") from None
+    return doc if isinstance(doc, dict) else {}
 
 
 async def fileset(request: web.Request) -> web.StreamResponse:
@@ -130,6 +154,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/titles", list_titles)
     r.add_post("/v1/titles", register_title)
     r.add_get("/v1/titles/{title_id}", show_title)
+    r.add_get("/v1/titles/{title_id}/ladder", title_ladder)
     r.add_get("/v1/filesets/{title_id}/{version}", fileset)
     r.add_get("/v1/origin/{token}/{title_id}/{path:.+}", origin_file)
     r.add_get("/v1/fill/plan", fill_plan)

@@ -64,6 +64,10 @@ async def play_title(request: web.Request) -> web.Response:
     ranked = [(v.appliance_id, ctx.registry.http_url(v.appliance_id)) for v in decision.ranked]
     ranked = [(a, u) for a, u in ranked if u]
     ctx.metrics.plays.labels("served" if ranked else "no_appliance").inc()
+    ctx.recent_steering.append({
+        "ts": round(time.time(), 3), "client_prefix": play.client_prefix(steer_ip), "title_id": title_id,
+        "matched_prefix": decision.matched_prefix, "ranked": [v.appliance_id for v in decision.ranked],
+        "reason": decision.ranked[0].reason.value if decision.ranked else "no_appliance"})
     if not ranked:
         return web.json_response({"error": f"no appliance can serve {title_id} now", "title_id": title_id},
                                  status=503, headers={"Retry-After": "30"})
@@ -107,7 +111,13 @@ async def steer(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def recent_steering(request: web.Request) -> web.Response:
+    """Operator: the last play decisions, newest first (client addresses reduced to their /24 or /48)."""
+    return web.json_response({"decisions": list(reversed(request.app[CTX].recent_steering))})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/play/{title_id}", play_title)
     app.router.add_get("/v1/steer", steer)
     app.router.add_get("/v1/edges", edges)
+    app.router.add_get("/v1/steer/recent", recent_steering)

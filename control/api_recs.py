@@ -17,7 +17,7 @@ from shared.errors import InvalidInput, NotFound
 from shared.ids import check_id, is_valid_id
 from shared.web import read_json
 
-from . import catalog
+from . import ab, catalog
 from .api_ops import _body, actor
 from .context import CTX, ControlContext
 from .recs_service import RecsService
@@ -132,8 +132,39 @@ async def artwork(request: web.Request) -> web.StreamResponse:
                                            "Access-Control-Allow-Origin": "*"})
 
 
+async def create_experiment(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    service = _recs(ctx)
+    definition = ab.parse_definition(await _body(request), service.versions())
+    await ctx.store.create_experiment(definition["id"], definition, actor=actor(request))
+    await service.refresh_experiments()
+    return web.json_response({k: v for k, v in definition.items() if k != "salt"}, status=201)
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    docs = await request.app[CTX].store.list_experiments()
+    return web.json_response({"experiments": [{k: v for k, v in d.items() if k != "salt"} for d in docs]})
+
+
+async def stop_experiment(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    experiment_id = check_id(request.match_info["experiment_id"], "experiment id")
+    await ctx.store.stop_experiment(experiment_id, actor=actor(request))
+    await _recs(ctx).refresh_experiments()
+    return web.json_response({"id": experiment_id, "state": "stopped"})
+
+
+async def experiment_report(request: web.Request) -> web.Response:
+    experiment_id = check_id(request.match_info["experiment_id"], "experiment id")
+    return web.json_response(await _recs(request.app[CTX]).report(experiment_id))
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_post("/v1/experiments", create_experiment)
+    r.add_get("/v1/experiments", list_experiments)
+    r.add_post("/v1/experiments/{experiment_id}/stop", stop_experiment)
+    r.add_get("/v1/experiments/{experiment_id}/report", experiment_report)
     r.add_get("/v1/artwork/{title_id}/{name}", artwork)
     r.add_post("/v1/events", post_events)
     r.add_get("/v1/profiles/{profile_id}/home", profile_home)

@@ -118,9 +118,9 @@ def appliance_undrain(appliance_id: str, api: str, as_json: bool) -> None:
 def _operator_groups() -> list[click.Command]:
     from . import cli_ingest  # noqa: F401  (adds `title ingest|jobs|cancel` to cli_ops' title group)
     from .cli_ops import GROUPS  # imported late: cli_ops builds on this module's options
-    from .cli_recs import catalog, events
+    from .cli_recs import catalog, events, experiment
 
-    return [appliance, *GROUPS, catalog, events]
+    return [appliance, *GROUPS, catalog, events, experiment]
 
 
 #: Operator command groups mounted at the top of ``nearcast``.

@@ -201,3 +201,92 @@ def recs_home(profile_id: str, api: str, as_json: bool) -> None:
             click.echo(f"{row['title']:<36} {titles}{more}")
 
     _emit(_call(_client(api).get, f"/v1/profiles/{profile_id}/home"), as_json, table)
+
+
+@click.group("experiment")
+def experiment() -> None:
+    """A/B experiments on the homepage rows: create, list, report, stop."""
+
+
+def _cell(spec: str) -> dict[str, Any]:
+    """``NAME=WEIGHT[,policy=P][,model=V]``."""
+    head, *opts = spec.split(",")
+    name, _, weight = head.partition("=")
+    cell: dict[str, Any] = {"name": name.strip()}
+    try:
+        cell["weight"] = float(weight) if weight else 1.0
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: weight must be a number") from None
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key.strip() == "policy":
+            cell["policy"] = value.strip()
+        elif key.strip() == "model":
+            cell["model_version"] = value.strip()
+        else:
+            raise click.BadParameter(f"{spec!r}: options are policy=... and model=...")
+    return cell
+
+
+@experiment.command("create")
+@click.argument("experiment_id")
+@click.option("--cell", "cells", multiple=True, required=True,
+              help="NAME=WEIGHT[,policy=model|trending][,model=VERSION]; repeat for each cell (the first is the "
+                   "control unless --control says otherwise).")
+@click.option("--control", "control_cell", default=None, help="The control cell's name.")
+@api_option
+@json_option
+def experiment_create(experiment_id: str, cells: tuple[str, ...], control_cell: str | None, api: str,
+                      as_json: bool) -> None:
+    """Start an experiment: profiles are split between the cells by a salted hash of their id."""
+    body: dict[str, Any] = {"id": experiment_id, "cells": [_cell(c) for c in cells]}
+    if control_cell:
+        body["control"] = control_cell
+    data = _call(_client(api).post, "/v1/experiments", body)
+    _emit(data, as_json, lambda d: click.echo(
+        f"{d['id']}: running with cells " + ", ".join(f"{c['name']} ({c['weight']:g})" for c in d["cells"])))
+
+
+@experiment.command("ls")
+@api_option
+@json_option
+def experiment_ls(api: str, as_json: bool) -> None:
+    """Experiments and their cells."""
+    def table(d: dict[str, Any]) -> None:
+        for e in d["experiments"]:
+            cells = ", ".join(f"{c['name']}:{c.get('policy') or c.get('model_version') or 'model'}" for c in e["cells"])
+            click.echo(f"{e['id']:<24} {e['state']:<8} {cells}")
+
+    _emit(_call(_client(api).get, "/v1/experiments"), as_json, table)
+
+
+@experiment.command("stop")
+@click.argument("experiment_id")
+@api_option
+def experiment_stop(experiment_id: str, api: str) -> None:
+    """Stop an experiment (profiles go back to the serving model; the report stays)."""
+    _call(_client(api).post, f"/v1/experiments/{experiment_id}/stop")
+    click.echo(f"{experiment_id}: stopped")
+
+
+@experiment.command("report")
+@click.argument("experiment_id")
+@api_option
+@json_option
+def experiment_report(experiment_id: str, api: str, as_json: bool) -> None:
+    """Per-cell play rate, watch time and completion with 95 % intervals, and the sample-ratio check."""
+    def fmt(x: float | None, pct: bool = False) -> str:
+        return "-" if x is None else (f"{x:+.2%}" if pct else f"{x:.4g}")
+
+    def table(d: dict[str, Any]) -> None:
+        srm = d["srm"]
+        verdict = "MISMATCH - assignment or logging is broken; do not trust the metrics" if srm["flagged"] else "ok"
+        click.echo(f"sample ratio: {srm['observed']} (expected {srm['expected']}), p={srm['p_value']:.3g}: {verdict}")
+        for cell, stats in d["cells"].items():
+            click.echo(f"  {cell:<14} " + "  ".join(f"{m} {fmt(s['value'])} (n={s['n']})" for m, s in stats.items()))
+        for c in d["comparisons"]:
+            mark = "*" if c["significant"] else " "
+            click.echo(f"{mark} {c['cell']} vs control, {c['metric']:<22} diff {fmt(c['diff'])} "
+                       f"[{fmt(c['low'])}, {fmt(c['high'])}] p={fmt(c['p_value'])}")
+
+    _emit(_call(_client(api).get, f"/v1/experiments/{experiment_id}/report"), as_json, table)

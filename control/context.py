@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -52,6 +53,8 @@ class ControlContext:
     fill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The ingest job queue, while the app runs (``api_ingest.lifecycle``).
     jobs: IngestJobs | None = None
+    #: The last play decisions, for the operator view (``GET /v1/steer/recent``).
+    recent_steering: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
     #: Events, rows and training, while the app runs (``api_recs.lifecycle``).
     recs: RecsService | None = None
     #: Sealed edge model bundles and their rollout (``api_models.lifecycle``).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -237,7 +238,11 @@ def compare_means(metric: str, cell: str, control: FloatArray, treatment: FloatA
     t = Stat(float(treatment.mean()), float(treatment.std(ddof=1) / math.sqrt(len(treatment))), len(treatment))
     if c.se == 0 and t.se == 0:
         return compare_ratio(metric, cell, c, t)
-    res = stats.ttest_ind(treatment, control, equal_var=False)
+    with warnings.catch_warnings():
+        # scipy warns of "catastrophic cancellation" when one cell is constant (every profile watched
+        # exactly the same): an exact zero variance, which Welch's test handles correctly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_ind(treatment, control, equal_var=False)
     ci = res.confidence_interval(0.95)
     return Comparison(metric, cell, c, t, t.value - c.value, float(ci.low), float(ci.high), float(res.pvalue))
 

@@ -37,14 +37,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from shared.errors import Conflict, InvalidInput
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.files import write_atomic
 from shared.ids import new_id
 from shared.tasks import TaskGroup
 
+from . import ab
 from .catalog import CatalogEntry
 from .config import RecsSettings
 from .events import Event, ProfileState, interaction_rows, parse_batch
+from .experiments import Cell, Experiment, report
 from .rows import GLOBAL, TRENDING_TYPES, RowsConfig, RowsInput, Scored, TitleInfo, build_rows, trending_scores
 from .store import Store, TitleRecord
 
@@ -91,11 +93,16 @@ class RecsService:
         self._refresh = asyncio.Lock()
         self._score_slots = asyncio.Semaphore(_SCORE_SLOTS)
         self._rng = random.Random()
+        #: Running experiments on the rows, oldest first (the oldest decides a profile's rows).
+        self.experiments: list[tuple[Experiment, dict[str, Any]]] = []
+        self._exposed: set[tuple[str, str]] = set()
+        self._pinned: OrderedDict[str, Any] = OrderedDict()  # version -> loaded pipeline (experiment cells)
         self.rows_config = RowsConfig(row_size=settings.row_size, explore_epsilon=settings.explore_epsilon,
                                       new_title_days=settings.new_title_days)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.refresh_experiments()
         current = self.recs_dir / "current.json"
         if not current.exists():
             return
@@ -110,6 +117,44 @@ class RecsService:
     async def stop(self) -> None:
         await self._tasks.aclose()
 
+    async def refresh_experiments(self) -> None:
+        """Reload the running experiments (after one is created or stopped); pages are rebuilt."""
+        docs = [d for d in await self.store.list_experiments() if d["state"] == "running"]
+        self.experiments = [(ab.experiment(d), d) for d in docs]
+        self._rows.clear()
+
+    def versions(self) -> list[str]:
+        root = self.recs_dir / "versions"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    async def _model_for(self, cell: Cell | None) -> tuple[Any, str | None]:
+        """The recommender a profile's rows come from: its experiment cell's, else the serving one."""
+        if cell is None or (cell.policy in (None, "model") and cell.model_version is None):
+            return self.model, self.model_version
+        if cell.policy == "trending":
+            return None, None
+        version = str(cell.model_version)
+        if version == self.model_version:
+            return self.model, version
+        if version not in self._pinned:
+            self._pinned[version] = await asyncio.to_thread(_load, self.recs_dir / "versions" / version)
+            while len(self._pinned) > 2:
+                self._pinned.popitem(last=False)
+        self._pinned.move_to_end(version)
+        return self._pinned[version], version
+
+    async def _expose(self, profile_id: str, now: float) -> tuple[Experiment, Cell] | None:
+        if not self.experiments:
+            return None
+        exp = self.experiments[0][0]
+        cell = exp.assign(profile_id)
+        key = (exp.id, profile_id)
+        if key not in self._exposed:
+            await self.store.record_exposures([(exp.id, profile_id, cell.name, now)])
+            if len(self._exposed) > 1_000_000:  # only a write-saver: the store ignores repeats anyway
+                self._exposed.clear()
+            self._exposed.add(key)
+        return exp, cell
     def invalidate(self) -> None:
         """Titles or the catalog changed: rebuild the title table and every page on next use."""
         self._titles = None
@@ -135,7 +180,8 @@ class RecsService:
         trending, plays = await self._trending_table(now)
         events = await self.store.profile_events(profile_id, limit=PROFILE_EVENTS)
         state = ProfileState.from_events(profile_id, events)
-        model = self.model
+        arm = await self._expose(profile_id, now)
+        model, version = await self._model_for(arm[1] if arm else None)
         async with self._score_slots:
             picks, neighbours = await asyncio.to_thread(_model_lists, model, state, titles, 3 * self.settings.row_size)
         region_trend = trending.get(state.region or GLOBAL) or trending.get(GLOBAL, [])
@@ -143,7 +189,9 @@ class RecsService:
         inp = RowsInput(state, titles, region_trend, plays, picks,
                         lambda t: neighbours if x is not None and t == x.title_id else [], now)
         doc = build_rows(inp, self.rows_config, rng=self._rng)
-        doc["model_version"] = self.model_version if picks is not None else None
+        doc["model_version"] = version if picks is not None else None
+        if arm is not None:
+            doc["experiment"] = {"id": arm[0].id, "cell": arm[1].name}
         self._rows[profile_id] = (now, doc)
         self._rows.move_to_end(profile_id)
         while len(self._rows) > MAX_PROFILES_CACHED:
@@ -267,7 +315,30 @@ class RecsService:
 
     def status(self) -> dict[str, Any]:
         return {"model_version": self.model_version, "job": self.job.to_json() if self.job else None,
-                "profiles_cached": len(self._rows)}
+                "versions": self.versions(), "profiles_cached": len(self._rows),
+                "experiments": [e.id for e, _ in self.experiments]}
+
+    async def report(self, experiment_id: str) -> dict[str, Any]:
+        docs = {d["id"]: d for d in await self.store.list_experiments()}
+        doc = docs.get(experiment_id)
+        if doc is None:
+            raise NotFound(f"no experiment {experiment_id!r}")
+        exp = ab.experiment(doc)
+        exposed = await self.store.exposures(experiment_id)
+        counts: dict[str, int] = {}
+        for _, cell, _ in exposed:
+            counts[cell] = counts.get(cell, 0) + 1
+        since = min((ts for _, _, ts in exposed), default=float(doc["created"]))
+        events: list[Event] = []
+        after = 0
+        while True:
+            page = await self.store.events_page(after=after, limit=20_000, since=since, types=ab.OUTCOME_TYPES)
+            if not page:
+                break
+            events += [e for _, e in page]
+            after = page[-1][0]
+        result = await asyncio.to_thread(lambda: report(exp, ab.outcomes(exp, exposed, events), counts))
+        return ab.report_json(result, doc)
 
 
 def _info(t: TitleRecord, c: CatalogEntry | None) -> TitleInfo:

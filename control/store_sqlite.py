@@ -86,7 +86,17 @@ def _v2(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """A/B experiments and each profile's first exposure to one."""
+    db.executescript("""
+    create table experiments (experiment_id text primary key, doc text not null, state text not null,
+                              created real not null, stopped real);
+    create table exposures (experiment_id text not null, profile_id text not null, cell text not null,
+                            first_ts real not null, primary key (experiment_id, profile_id));
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 def _audit(db: sqlite_utils.Database, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
@@ -492,6 +502,49 @@ class SqliteStore:
         return _catalog(rows[0][0], rows[0][1])
 
 
+    # -- experiments -----------------------------------------------------------------------------------
+    async def create_experiment(self, experiment_id: str, doc: Mapping[str, Any], *, actor: str) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            if db.execute("select 1 from experiments where experiment_id = ?", [experiment_id]).fetchone():
+                raise Conflict(f"experiment {experiment_id!r} already exists (ids are never reused)")
+            db.execute("insert into experiments (experiment_id, doc, state, created) values (?, ?, 'running', ?)",
+                       [experiment_id, json.dumps(doc, sort_keys=True), time.time()])
+            _audit(db, actor, "experiment.create", experiment_id, {"cells": doc.get("cells")})
+
+        await self.db.write(write)
+
+    async def list_experiments(self) -> list[dict[str, Any]]:
+        rows = await self.db.read(lambda db: db.execute(
+            "select experiment_id, doc, state, created, stopped from experiments order by created").fetchall())
+        return [{**json.loads(r[1]), "id": r[0], "state": r[2], "created": r[3], "stopped": r[4]} for r in rows]
+
+    async def stop_experiment(self, experiment_id: str, *, actor: str) -> None:
+        def write(db: sqlite_utils.Database) -> None:
+            cur = db.execute("update experiments set state = 'stopped', stopped = ? where experiment_id = ? "
+                             "and state = 'running'", [time.time(), experiment_id])
+            if cur.rowcount == 0:
+                if not db.execute("select 1 from experiments where experiment_id = ?", [experiment_id]).fetchone():
+                    raise NotFound(f"no experiment {experiment_id!r}")
+                raise Conflict(f"experiment {experiment_id!r} is already stopped")
+            _audit(db, actor, "experiment.stop", experiment_id, {})
+
+        await self.db.write(write)
+
+    async def record_exposures(self, rows: Sequence[tuple[str, str, str, float]]) -> int:
+        def write(db: sqlite_utils.Database) -> int:
+            before = db.conn.total_changes
+            db.conn.executemany("insert or ignore into exposures (experiment_id, profile_id, cell, first_ts) "
+                                "values (?, ?, ?, ?)", rows)
+            return int(db.conn.total_changes - before)
+
+        return await self.db.write(write)
+
+    async def exposures(self, experiment_id: str) -> list[tuple[str, str, float]]:
+        rows = await self.db.read(lambda db: db.execute(
+            "select profile_id, cell, first_ts from exposures where experiment_id = ?", [experiment_id]).fetchall())
+        return [(r[0], r[1], float(r[2])) for r in rows]
+
+
 _EVENT_COLS = "event_id, ts, type, profile_id, title_id, device, region, data"
 
 
@@ -503,3 +556,4 @@ def _catalog(title_id: str, text: str) -> CatalogEntry:
     d: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
     d["title_id"] = title_id
     return CatalogEntry(**d)
+

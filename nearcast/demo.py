@@ -66,6 +66,7 @@ class Demo:
     def __init__(self, *, port: int, state_dir: Path | None, edges: int, exit_after: float | None = None,
                  titles: bool = True) -> None:
         self.titles = titles
+        self.reader = ""
         self.port = port
         self.temporary = state_dir is None
         self.state = Path(tempfile.mkdtemp(prefix="nearcast-demo-")) if state_dir is None else state_dir
@@ -83,14 +84,18 @@ class Demo:
         if not keys_path.exists():
             TokenKeys.generate().save(keys_path)
         token_file = st / "demo-operator-token"
+        reader_file = st / "demo-read-token"
         tokens_path = st / "control" / "operator-tokens.json"
-        if token_file.exists() and tokens_path.exists():
+        if token_file.exists() and reader_file.exists() and tokens_path.exists():
             admin = token_file.read_text().strip()
+            self.reader = reader_file.read_text().strip()
         else:
             store = TokenStore([])
             admin = store.add("demo-admin", "admin")
+            self.reader = store.add("demo-ops", "read")  # for the read-only operator view
             store.save(tokens_path)
             write_private(token_file, admin + "\n")
+            write_private(reader_file, self.reader + "\n")
         self._mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
         (st / "control.toml").write_text(
             f"[http]\nhost = \"127.0.0.1\"\nport = {self.port}\n\n"
@@ -213,6 +218,8 @@ class Demo:
         _say("or go straight to a player:")
         for sample in samples[:2]:
             _say(f"  {api_url}/web/player.html?title={sample.title_id}&as=127.0.1.10")
+        _say("Operator view (read-only token in the fragment, never sent to the server):")
+        _say(f"  {api_url}/web/ops.html#token={self.reader}")
         _say("Play one like a player would, from inside ISP 1, then steer from ISP 2:")
         _say(f"  nearcast client play {first} --client-ip 127.0.1.10")
         _say(f"  nearcast steer --client-ip 127.0.2.10 --title {first}")

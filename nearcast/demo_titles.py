@@ -30,11 +30,12 @@ class SampleTitle:
     seconds: float = 8.0
     year: int = 2026
     description: str = ""
+    ladder: str = "fixed"  # one title uses the per-title ladder, so the operator view has measured points
 
 
 SAMPLES = (
     SampleTitle("demo-ocean", "Ocean Hours", ("documentary", "nature"), "none", 1, 12.0, 2025,
-                "Twelve seconds of open water, in slow, wide shots."),
+                "Twelve seconds of open water, in slow, wide shots.", "auto"),
     SampleTitle("demo-heist", "The Quiet Heist", ("thriller", "crime"), "cenc", 2, 12.0, 2026,
                 "A crew, a vault and no alarms. Encrypted: plays with ClearKey."),
     SampleTitle("demo-garden", "A Year in the Garden", ("documentary", "family"), "none", 3, 8.0, 2024,
@@ -78,7 +79,8 @@ def _encode(sample: SampleTitle, state: Path, cancel: threading.Event) -> None:
     master = masters / f"{sample.title_id}.mp4"
     if not master.exists():
         make_master(master, seconds=sample.seconds, width=640, height=360, seed=sample.seed)
-    spec = IngestSpec(title_id=sample.title_id, name=sample.name, genres=sample.genres, ladder="fixed",
+    spec = IngestSpec(title_id=sample.title_id, name=sample.name, genres=sample.genres,
+                      ladder=sample.ladder,  # type: ignore[arg-type]
                       segment_seconds=2.0, encrypt=sample.encrypt,  # type: ignore[arg-type]
                       max_rungs=3 if sample.seconds > 10 else 2)
     ingest(master, state / "control" / "origin", state / "control" / "keys", spec, cancel=cancel)

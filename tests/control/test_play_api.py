@@ -74,6 +74,11 @@ async def test_play_ranks_the_clients_isp_first_with_signed_urls(control_factory
                                           headers={"X-Forwarded-For": "10.1.200.1"})
         assert [s["appliance_id"] for s in body["sources"]] == ["edge-a"] or \
             [s["appliance_id"] for s in body["sources"]] == ["edge-c"]
+        status, recent = await control.call("GET", "/v1/steer/recent", token=control.reader)
+        assert status == 200 and recent["decisions"][0]["client_prefix"] == "10.1.200.0/24"
+        assert recent["decisions"][0]["ranked"][0] in ("edge-a", "edge-c")
+        assert recent["decisions"][1]["ranked"][0] == "edge-b" and recent["decisions"][1]["title_id"] == "t1"
+        assert (await control.call("GET", "/v1/steer/recent", token=None))[0] == 401
         assert (await control.call("GET", "/v1/play/nope", token=None))[0] == 404
         assert (await control.call("GET", "/v1/play/t1?count=0", token=None))[0] == 400
         assert (await control.call("GET", "/v1/play/t1", token=None, headers={"X-Forwarded-For": "junk"}))[0] == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 import time
 from typing import Any
@@ -122,6 +123,23 @@ async def test_home_rows_follow_the_viewing_log(control: Harness) -> None:
     assert "continue-watching" not in {r["id"] for r in doc["rows"]}
     status, body = await control.call("GET", "/v1/profiles/..%2Fx/home", token=None)
     assert status in (400, 404)
+
+
+async def test_title_ladder_shows_the_encoders_record(control: Harness) -> None:
+    await publish(control, 1)
+    manifest = control.state / "origin" / "t00" / "fileset.json"
+    doc = json.loads(manifest.read_text())
+    doc["ladder"] = {"mode": "auto", "rungs": [{"codec": "h264", "height": 360, "bitrate": 500000}],
+                     "points": [{"codec": "h264", "height": 360, "bitrate": 500000, "quality": 41.5}]}
+    manifest.write_text(json.dumps(doc))
+    status, body = await control.call("GET", "/v1/titles/t00/ladder", token=control.reader)
+    assert status == 200 and body["ladder"]["points"][0]["quality"] == 41.5
+    assert (await control.call("GET", "/v1/titles/zz/ladder"))[0] == 404
+    manifest.write_text("{broken")
+    status, body = await control.call("GET", "/v1/titles/t00/ladder")
+    assert status == 400 and "unreadable" in body["error"]
+    manifest.unlink()
+    assert (await control.call("GET", "/v1/titles/t00/ladder"))[0] == 404
 
 
 async def test_catalog_merges_validates_and_needs_admin(control: Harness) -> None:

@@ -49,6 +49,18 @@ async def _home_then_play(url: str) -> tuple[Any, Any]:
         return home, played
 
 
+async def _operator_view(url: str) -> Any:
+    async with Browser() as browser:
+        await browser.navigate(url)
+        view = await browser.wait_for(
+            "(() => { const o = window.nearcastOps; return o && o.state === 'ready' ? {...o,"
+            " rungs: document.querySelectorAll('svg rect.rung').length,"
+            " points: document.querySelectorAll('svg circle').length,"
+            " appliances: document.querySelectorAll('#appliances tr').length - 1} : null; })()", timeout=30)
+        await browser.screenshot(ARTIFACTS / "screenshots" / "operator-view-demo.png")
+        return view
+
+
 async def _watch(url: str, shot: str) -> Any:
     async with Browser() as browser:
         await browser.navigate(url)
@@ -71,7 +83,7 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
             line = proc.stdout.readline()
             assert line, "demo exited early:\n" + "".join(out)
             out.append(line)
-            if "titles: ready" in line or "titles: failed" in line:
+            if "nearcast steer --client-ip" in line or "titles: failed" in line:  # the last line it prints
                 break
         text = "".join(out)
         assert "titles: ready" in text, text
@@ -109,6 +121,10 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
             shown = dict(home["rows"])
             assert shown["continue-watching"] == ["demo-garden"] and shown["top-picks"], home
             assert clicked["state"]["source"].startswith(edge_a) and clicked["frames"] > 10
+            ops_url = re.search(r"(\S+/web/ops\.html#token=\S+)", text).group(1)  # type: ignore[union-attr]
+            view = asyncio.run(_operator_view(ops_url))
+            assert view["appliances"] == 2 and view["charts"] == len(SAMPLES) and view["points"] > 0, view
+            assert view["rungs"] >= len(SAMPLES), view
             played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-ocean&as=127.0.1.10", "player-clear-demo"))
             assert played["state"]["source"].startswith(edge_a) and played["frames"] > 10
             played = asyncio.run(_watch(f"{api}/web/player.html?title=demo-heist&as=127.0.2.10",

@@ -111,10 +111,15 @@ async def start_training(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name not in ("interactions.csv", "catalog.csv"):
-        raise InvalidInput("export is interactions.csv or catalog.csv")
-    interactions, cat = await _recs(request.app[CTX]).export()
-    return web.Response(text=interactions if name == "interactions.csv" else cat, content_type="text/csv")
+    if name in ("interactions.csv", "catalog.csv"):
+        interactions, cat = await _recs(request.app[CTX]).export()
+        text = interactions if name == "interactions.csv" else cat
+    elif name in ("choices.csv", "plays.csv"):
+        choices, plays = await _recs(request.app[CTX]).export_choices()
+        text = choices if name == "choices.csv" else plays
+    else:
+        raise InvalidInput("export is interactions.csv, catalog.csv, choices.csv or plays.csv")
+    return web.Response(text=text, content_type="text/csv")
 
 
 async def artwork(request: web.Request) -> web.StreamResponse:

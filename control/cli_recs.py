@@ -131,10 +131,11 @@ def events_post(path: Path, api: str, as_json: bool) -> None:
               help="Directory for interactions.csv and catalog.csv (what `nearcast model eval --data` reads).")
 @api_option
 def events_export(out_dir: Path, api: str) -> None:
-    """Export the event log as implicit ratings plus the catalog."""
+    """Export the event log: implicit ratings plus the catalog (for `model eval --data`), and the artwork
+    choices with their plays (for `model eval --policy`)."""
     client = _client(api)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("interactions.csv", "catalog.csv"):
+    for name in ("interactions.csv", "catalog.csv", "choices.csv", "plays.csv"):
         try:
             text = client.request("GET", f"/v1/recs/export/{name}", text=True)
         except ApiError as exc:

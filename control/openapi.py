@@ -141,7 +141,7 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
      [], None, 200),
     ("get", "/v1/experiments/{experiment_id}/report", "Per-cell metrics with 95 % intervals and the SRM check.",
      False, [], None, 200),
-    ("get", "/v1/recs/export/{name}", "The event log as interactions.csv, or catalog.csv (model eval's formats).",
+    ("get", "/v1/recs/export/{name}", "The event log: interactions.csv, catalog.csv, choices.csv or plays.csv.",
      False, [], None, 200),
     ("get", "/v1/models", "Edge model versions built here, and the version the fleet runs.", False, [], None, 200),
     ("post", "/v1/models", "Train and seal an edge re-ranker bundle (impression log, else a seeded synthetic log).",

@@ -256,6 +256,42 @@ class RecsService:
             w.writerow([title_id, name, "|".join(genres), "|".join(c.tags if c else ())])
         return interactions.getvalue(), out.getvalue()
 
+    async def export_choices(self) -> tuple[str, str]:
+        """``(choices.csv, plays.csv)``: every artwork choice shown with its propensity and the viewer's
+        context, and every play that names its impression (the inputs of ``model eval --policy``)."""
+        titles = await self._title_table(self.clock())
+        genres = {t: info.genres for t, info in titles.items()}
+        by_profile: dict[str, list[Event]] = {}
+        shown: list[Event] = []
+        plays: list[Event] = []
+        after = 0
+        while True:
+            page = await self.store.events_page(after=after, limit=20_000, types=(*_PLAY_TYPES, "impression"))
+            if not page:
+                break
+            for rowid, e in page:
+                after = rowid
+                if e.type == "impression":
+                    if "artwork" in e.data and "impression_id" in e.data:
+                        shown.append(e)
+                    continue
+                by_profile.setdefault(e.profile_id, []).append(e)
+                if e.type == "play_start" and "impression_id" in e.data:
+                    plays.append(e)
+        affinity = {p: ProfileState.from_events(p, evs).affinities(genres) for p, evs in by_profile.items()}
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["impression_id", "title_id", "ts", "artwork", "propensity", "device", "hour", "affinities"])
+        for e in shown:
+            w.writerow([e.data["impression_id"], e.title_id, e.ts, e.data["artwork"], e.data["propensity"], e.device,
+                        time.gmtime(e.ts).tm_hour, json.dumps(affinity.get(e.profile_id, {}), sort_keys=True)])
+        played = io.StringIO()
+        w = csv.writer(played, lineterminator="\n")
+        w.writerow(["impression_id", "title_id", "ts"])
+        for e in plays:
+            w.writerow([e.data["impression_id"], e.title_id, e.ts])
+        return out.getvalue(), played.getvalue()
+
     def train(self, actor: str) -> TrainJob:
         if self.job is not None and self.job.state == "running":
             raise Conflict(f"training job {self.job.job_id} is still running")

@@ -56,9 +56,14 @@ SMALL_GRIDS = Grids(ease=[{"lam": 100.0}, {"lam": 300.0}], item_knn=[{"neighbour
 
 
 @click.command("eval")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+@click.option("--data", "data_path", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="MovieLens directory (ratings.csv+movies.csv[+tags.csv] or u.data+u.item) or an export "
                    "directory holding interactions.csv + catalog.csv.")
+@click.option("--policy", type=click.Choice(["uniform", "first", "linucb"]), default=None,
+              help="Off-policy evaluation of an artwork policy instead: replay, IPS, SNIPS and doubly robust "
+                   "estimates from the logs in --logs.")
+@click.option("--logs", "logs_path", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="With --policy: a `nearcast events export` directory (choices.csv + plays.csv).")
 @click.option("--protocol", type=click.Choice(["random", "temporal", "both"]), default="both", show_default=True,
               help="random: per-user 80/20 of positives; temporal: leave the latest positive out.")
 @click.option("--k", "ks", type=click.IntRange(1, 1000), multiple=True, default=(10, 20), show_default=True,
@@ -69,9 +74,24 @@ SMALL_GRIDS = Grids(ease=[{"lam": 100.0}, {"lam": 300.0}], item_knn=[{"neighbour
               help="Baseline tuning grid; 'small' is for smoke tests, not for published figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
-def eval_command(data_path: Path, protocol: str, ks: tuple[int, ...], seed: int, min_rating: float, grid: str,
-                 as_json: bool, quiet: bool) -> None:
-    """Compare our pipeline with most-popular, item-kNN, EASE and tuned ALS on the same splits."""
+def eval_command(data_path: Path | None, policy: str | None, logs_path: Path | None, protocol: str,
+                 ks: tuple[int, ...], seed: int, min_rating: float, grid: str, as_json: bool, quiet: bool) -> None:
+    """Compare our pipeline with most-popular, item-kNN, EASE and tuned ALS on the same splits
+    (--data), or estimate an artwork policy's value from logged choices (--policy with --logs)."""
+    if policy is not None:
+        if logs_path is None:
+            raise click.UsageError("--policy needs --logs DIR (from `nearcast events export`)")
+        from control.policy_eval import evaluate_policy
+        from control.policy_eval import table as policy_table
+
+        try:
+            report = evaluate_policy(logs_path, policy, seed=seed)
+        except NearcastError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps(report.as_json(), indent=2) if as_json else policy_table(report))
+        return
+    if data_path is None:
+        raise click.UsageError("give --data DIR (or --policy with --logs)")
     protocols = (Protocol.RANDOM, Protocol.TEMPORAL) if protocol == "both" else (Protocol(protocol),)
     config = EvalConfig(protocols=protocols, k=tuple(sorted(set(ks))), seed=seed, min_rating=min_rating,
                         grids=SMALL_GRIDS if grid == "small" else Grids())

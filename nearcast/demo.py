@@ -30,7 +30,15 @@ from shared.files import write_private
 from shared.tasks import TaskGroup
 from shared.tokens import TokenKeys
 
-from .demo_titles import DEMO_PROFILE, Api, fill_and_wait, publish_samples, seed_catalog, seed_history_and_train
+from .demo_titles import (
+    DEMO_PROFILE,
+    Api,
+    deploy_edge_model,
+    fill_and_wait,
+    publish_samples,
+    seed_catalog,
+    seed_history_and_train,
+)
 
 HEALTH_TIMEOUT_S = 60.0
 
@@ -191,7 +199,7 @@ class Demo:
         _say(f"{child.name} exited (status {status}); players fail over to the next edge and steering "
              f"drops it within the heartbeat TTL. Log: {child.log_path}")
 
-    async def _titles(self, api_url: str, admin: str, cancel: threading.Event) -> None:
+    async def _titles(self, api_url: str, admin: str, cancel: threading.Event, edge_urls: list[str]) -> None:
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:
             api = Api(http, api_url, admin)
@@ -203,6 +211,8 @@ class Demo:
                 await fill_and_wait(api, self.edges)
                 version = await seed_history_and_train(api, samples, _say)
                 _say(f"recs: serving model {version}")
+                edge_model = await deploy_edge_model(api, edge_urls, _say)
+                _say(f"models: every edge runs re-ranker {edge_model}")
             except Exception as exc:
                 if not cancel.is_set():
                     _say(f"titles: failed: {exc}")
@@ -265,7 +275,8 @@ class Demo:
             _say("")
             cancel = threading.Event()
             work = TaskGroup("demo-titles")
-            titles_task = work.spawn(self._titles(api_url, admin, cancel), name="titles") if self.titles else None
+            titles_task = work.spawn(self._titles(api_url, admin, cancel, [c.url for c in started]),
+                                     name="titles") if self.titles else None
             waiters = TaskGroup("demo-wait")
             waiters.spawn(stop.wait(), name="ctrl-c")
             # Without the control plane there is no demo; an edge may die (that is what failover is

@@ -186,3 +186,41 @@ async def seed_history_and_train(api: Api, samples: list[SampleTitle], say: Any,
         if job["state"] == "failed":
             raise RuntimeError(f"training failed: {job['error']}")
     raise RuntimeError("training did not finish in time")
+
+
+async def deploy_edge_model(api: Api, edge_urls: list[str], say: Any, timeout: float = 180.0) -> str:
+    """Build the edge re-ranker and roll it out in two waves, with homepage traffic for the health gates.
+
+    A wave is judged on real re-rank requests, so the demo plays a few viewers' homepages against every
+    edge while the waves bake.  A second run finds the model already active and returns at once.
+    """
+    status, models = await api.call("GET", "/v1/models")
+    if status == 200 and models.get("active"):
+        return str(models["active"])
+    status, built = await api.call("POST", "/v1/models", {})
+    if status != 201:
+        raise RuntimeError(f"building the edge model failed: {built}")
+    version = str(built["version"])
+    say(f"models: deploying edge re-ranker {version} in waves 50%, 100%")
+    body = {"version": version, "waves": [50, 100], "bake_s": 2, "gates": {"min_requests": 20}}
+    status, started = await api.call("POST", "/v1/deployment", body)
+    if status != 202:
+        raise RuntimeError(f"deploying the edge model failed: {started}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    k = 0
+    while loop.time() < deadline:
+        for url in edge_urls:  # canary traffic: what the health gates judge
+            for _ in range(10):
+                k += 1
+                async with api.http.get(f"{url}/v1/home/viewer-{k % 240:03d}?device=web",
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    await resp.read()
+        _, dep = await api.call("GET", "/v1/deployment")
+        phase = (dep.get("deployment") or {}).get("phase")
+        if phase == "completed":
+            return version
+        if phase == "rolled_back":
+            raise RuntimeError(f"the edge model was rolled back: {dep['deployment'].get('reason')}")
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the edge model deployment did not finish in time")

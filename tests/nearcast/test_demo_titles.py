@@ -108,6 +108,7 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
         titles = {t["title_id"] for t in nearcast("title", "ls")["titles"]}
         assert titles == {t.title_id for t in SAMPLES}
         assert re.search(r"recs: serving model \S+", text), text
+        assert re.search(r"models: every edge runs re-ranker \S+", text), text
         # The control plane's rows for the demo profile: its history shows, and the model ranks Top Picks.
         rows = {r["id"]: [it["title_id"] for it in r["items"]] for r in nearcast("recs", "home", DEMO_PROFILE)["rows"]}
         assert rows["continue-watching"] == ["demo-garden"] and "top-picks" in rows
@@ -118,6 +119,7 @@ def test_demo_titles_are_encoded_filled_steered_and_played(tmp_path: Path, port_
             api = env["NEARCAST_API"]
             home, clicked = asyncio.run(_home_then_play(f"{api}/web/index.html?profile={DEMO_PROFILE}&as=127.0.1.10"))
             assert home["edge"] == "edge-a" and home["source"] == "control", home
+            assert home["model_version"], home  # re-ranked by the deployed edge model
             shown = dict(home["rows"])
             assert shown["continue-watching"] == ["demo-garden"] and shown["top-picks"], home
             assert clicked["state"]["source"].startswith(edge_a) and clicked["frames"] > 10

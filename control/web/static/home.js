@@ -5,7 +5,8 @@
 const params = new URLSearchParams(location.search);
 const profile = params.get("profile") || localStorage.getItem("nearcast-profile") || "demo-viewer";
 const viewer = params.get("as") || "";
-const home = { state: "loading", source: null, edge: null, rows: 0, tiles: 0, imagesLoaded: 0, errors: [] };
+const home = { state: "loading", source: null, edge: null, model_version: null, rows: 0, tiles: 0, imagesLoaded: 0,
+               errors: [] };
 window.nearcastHome = home;
 
 function status(text) { document.getElementById("status").textContent = text; }
@@ -68,6 +69,7 @@ async function main() {
     home.state = "error"; status(`no rows: ${e.message}`); return;
   }
   home.source = page.source;
+  home.model_version = page.model_version || null;
   const container = document.getElementById("rows");
   const impressions = [];
   for (const row of page.rows) {

@@ -9,9 +9,11 @@ with a Range request.  It lives outside ``/v1/models/`` because public routes ar
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from aiohttp import web
@@ -102,12 +104,26 @@ async def build_model(request: web.Request) -> web.Response:
     titles = await ctx.store.list_titles()
     pages = req.pages or ctx.config.models.synthetic_pages
     async with request.app[BUILD_LOCK]:
-        info = await asyncio.to_thread(repo.build, version, titles, ctx.config.origin_dir, seed=req.seed,
-                                       source=req.source, synthetic_pages=pages)
+        logs = ctx.config.models_dir / f".artwork-logs-{version}"
+        try:
+            if ctx.recs is not None:  # the artwork bandit ships fitted on every edge's logged choices
+                choices, plays = await ctx.recs.export_choices()
+                await asyncio.to_thread(_write_logs, logs, choices, plays)
+            info = await asyncio.to_thread(repo.build, version, titles, ctx.config.origin_dir, seed=req.seed,
+                                           source=req.source, synthetic_pages=pages,
+                                           artwork_logs=logs if ctx.recs is not None else None)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, logs, True)
     await ctx.store.record_audit(actor(request), "model.build", version, {
         "sha256": info.descriptor.sha256, "size": info.descriptor.size, "seed": req.seed, "source": req.source,
         "notes": str(info.metadata.get("notes", ""))[:300]})
     return web.json_response(info.as_json(), status=201)
+
+
+def _write_logs(directory: Path, choices: str, plays: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "choices.csv").write_text(choices)
+    (directory / "plays.csv").write_text(plays)
 
 
 async def bundle_file(request: web.Request) -> web.StreamResponse:

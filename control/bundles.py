@@ -123,7 +123,7 @@ class BundleRepo:
         return self._with_url(info)
 
     def build(self, version: str, titles: list[TitleRecord], origin_dir: Path, *, seed: int = 0,
-              source: str = "auto", synthetic_pages: int = 600) -> BundleInfo:
+              source: str = "auto", synthetic_pages: int = 600, artwork_logs: Path | None = None) -> BundleInfo:
         """Train the edge ranker, lay out its bundle directory and publish it as ``version``."""
         check_id(version, "model version")
         with self._lock:
@@ -136,7 +136,7 @@ class BundleRepo:
             work = self.dir / f".build-{version}"
             shutil.rmtree(work, ignore_errors=True)
             try:
-                edge_model.write_bundle_dir(work, version, trained, data, titles, origin_dir)
+                edge_model.write_bundle_dir(work, version, trained, data, titles, origin_dir, artwork_logs)
                 return self.publish(work)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

@@ -241,9 +241,23 @@ def write_tables(out: Path, titles: Sequence[TitleRecord], origin_dir: Path) -> 
 
 
 def write_bundle_dir(out: Path, version: str, trained: Trained, log: TrainingLog, titles: Sequence[TitleRecord],
-                     origin_dir: Path) -> None:
-    """Everything :func:`shared.bundle.pack` and the edge's ``load_model`` expect, in ``out``."""
+                     origin_dir: Path, artwork_logs: Path | None = None) -> None:
+    """Everything :func:`shared.bundle.pack` and the edge's ``load_model`` expect, in ``out``.
+
+    With ``artwork_logs`` (a ``choices.csv`` + ``plays.csv`` export), the artwork bandit fitted on them
+    ships as ``bandit.npz``: every edge starts from what all edges learned instead of from nothing.
+    """
     out.mkdir(parents=True)
+    notes = log.notes
+    if artwork_logs is not None:
+        from .policy_eval import fit_artwork_bandit
+
+        bandit, n = fit_artwork_bandit(artwork_logs)
+        if bandit is not None:
+            bandit.save(out / BANDIT_NAME)
+            notes = f"{notes}; artwork bandit fitted on {n} logged choices"
+        else:
+            notes = f"{notes}; artwork bandit not shipped ({n} logged choices, too few)"
     trained.booster.save_model(out / MODEL_NAME)
     spec = {"format": 1, "features": list(FEATURES), "best_iteration": trained.best_iteration,
             "objective": "rank:ndcg", "source": log.source}
@@ -253,8 +267,12 @@ def write_bundle_dir(out: Path, version: str, trained: Trained, log: TrainingLog
     window = bundle.TrainingWindow(_iso(min(stamps)), _iso(max(stamps)))
     metrics = {k: v for k, v in trained.metrics.items() if math.isfinite(v)}
     meta = bundle.BundleMetadata(format=bundle.FORMAT, version=version, model=MODEL_NAME, training_window=window,
-                                 offline_metrics=metrics, tables=list(TABLES), notes=log.notes)
+                                 offline_metrics=metrics, tables=list(TABLES), notes=notes[:1000])
     (out / bundle.METADATA_NAME).write_bytes(meta.to_json())
+
+
+#: The shipped artwork bandit (:meth:`shared.bandits.LinearBandit.save` format), optional in a bundle.
+BANDIT_NAME = "bandit.npz"
 
 
 def _iso(ts: float) -> str:

@@ -109,6 +109,22 @@ def load_logs(directory: Path, encoder: ContextEncoder) -> tuple[list[Choice], l
     return choices, plays
 
 
+def fit_artwork_bandit(directory: Path, *, window_s: float = 3600.0, min_choices: int = 20, seed: int = 0,
+                       ) -> tuple[LinUCB | None, int]:
+    """A LinUCB fitted on every logged choice (reward = played), for the edge to start from; ``None`` when
+    the logs hold fewer than ``min_choices`` choices.  Returns the bandit and the number of choices."""
+    encoder = ContextEncoder(GENRES, DEVICES)
+    choices, plays = load_logs(directory, encoder)
+    if len(choices) < min_choices:
+        return None, len(choices)
+    arms = sorted({c.action for c in choices})
+    data = join_rewards(sorted(choices, key=lambda c: (c.at, c.impression_id)), plays, arms, window_s).data
+    bandit = LinUCB(encoder.dim, seed=seed)
+    for x, a, r in zip(data.contexts, data.actions, data.rewards, strict=True):
+        bandit.update(x, arms[int(a)], float(r))
+    return bandit, len(data.actions)
+
+
 def _subset(data: LoggedData, keep: np.ndarray[Any, np.dtype[np.bool_]]) -> LoggedData:
     return LoggedData.from_arrays(data.contexts[keep], data.actions[keep], data.propensities[keep],
                                   data.rewards[keep], data.n_actions)

@@ -29,14 +29,14 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from shared.bandits import ContextEncoder, LinUCB
+from shared.bandits import ContextEncoder, LinearBandit, LinUCB
 from shared.errors import InvalidInput
 from shared.ids import check_id
 
 from .catalog import Catalog
 from .config import RerankSettings
 from .metrics import EdgeMetrics
-from .models import ModelManager
+from .models import LoadedModel, ModelManager
 from .rerank import (
     DEVICES,
     F32,
@@ -168,7 +168,7 @@ class HomeService:
         ordered = order_rows(rows, scores)
         x = self.encoder.encode(cands.affinities if cands else {}, device, hour)
         groups = [it.artwork for row in ordered for it, _ in row if it.artwork]
-        picks = iter(self.bandit.choose_many(x, groups) if groups else [])
+        picks = iter(self._bandit(model).choose_many(x, groups) if groups else [])
         page_id = uuid.uuid4().hex[:20]
         out_rows = []
         for r, (row, items) in enumerate(zip(rows, ordered, strict=True)):
@@ -181,6 +181,19 @@ class HomeService:
         return {"profile_id": profile_id, "page_id": page_id, "source": source,
                 "model_version": model.version if model else None, "device": device, "hour": hour,
                 "rows": out_rows}
+
+    def _bandit(self, model: LoadedModel | None) -> LinearBandit:
+        """The artwork bandit the current model ships (what every edge learned), else this edge's own.
+
+        A shipped bandit keeps this edge's exploration floor, and one trained on another context layout
+        (an edge configured with other genres) is not used: its scores would be meaningless here.
+        """
+        shipped = model.bandit if model is not None else None
+        if shipped is None or shipped.dim != self.encoder.dim:
+            return self.bandit
+        if shipped.min_epsilon != self.settings.bandit_epsilon:
+            shipped.epsilon0 = shipped.min_epsilon = self.settings.bandit_epsilon
+        return shipped
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

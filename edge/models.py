@@ -33,6 +33,7 @@ import aiohttp
 import numpy as np
 import xgboost as xgb
 
+from shared.bandits import LinearBandit
 from shared.bundle import METADATA_NAME, BundleError, clean_staging, open_bundle, parse_metadata
 from shared.envelope import Envelope
 from shared.errors import InvalidInput
@@ -56,12 +57,17 @@ class ModelError(InvalidInput):
     """A model bundle unpacked fine but cannot serve: unknown features, unloadable, or bad scores."""
 
 
+BANDIT_NAME = "bandit.npz"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
     features: tuple[str, ...]
     booster: xgb.Booster
     iteration_range: tuple[int, int]
+    #: The artwork bandit fitted on every edge's logged choices, when the bundle ships one.
+    bandit: LinearBandit | None = None
 
     def score(self, x: F32) -> F32:
         """``inplace_predict`` skips the DMatrix copy: a whole page costs about a millisecond."""
@@ -87,7 +93,13 @@ def load_model(directory: Path, version: str) -> LoadedModel:
     if booster.num_features() != len(features):
         raise ModelError(f"model {version}: booster takes {booster.num_features()} features, "
                          f"spec names {len(features)}")
-    model = LoadedModel(version, features, booster, (0, best + 1) if best is not None else (0, 0))
+    bandit = None
+    if (directory / BANDIT_NAME).is_file():
+        try:
+            bandit = LinearBandit.load(directory / BANDIT_NAME)
+        except InvalidInput as exc:
+            raise ModelError(f"model {version}: artwork bandit unusable ({str(exc)[:200]})") from None
+    model = LoadedModel(version, features, booster, (0, best + 1) if best is not None else (0, 0), bandit)
     warm_up(model)
     return model
 

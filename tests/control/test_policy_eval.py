@@ -10,7 +10,13 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from control.app import CTX
+from control.policy_eval import DEVICES, GENRES
+from edge.models import load_model
 from nearcast.cli import cli
+from shared import bundle
+from shared.bandits import ContextEncoder
+from shared.signing import parse_public_keys
 
 from .conftest import Harness
 from .test_cli_ops import _run
@@ -69,3 +75,34 @@ async def test_policies_are_estimated_from_exported_logs(control: Harness, tmp_p
     (out / "plays.csv").write_text("who,what\n1,2\n")
     res = CliRunner().invoke(cli, ["model", "eval", "--policy", "uniform", "--logs", str(out)])
     assert res.exit_code == 1 and "header must be" in res.output
+
+
+async def test_the_edge_model_ships_the_artwork_bandit_fitted_on_the_logs(control: Harness, tmp_path: Path) -> None:
+    await publish(control, 2)
+    rng = random.Random(4)
+    now = time.time()
+    batch: list[dict[str, Any]] = []
+    for k in range(400):
+        art = rng.choice(sorted(TRUE_RATE))
+        imp = f"pg{k}"
+        batch.append(event(f"v{k % 50}", "impression", "t01", now - 600, len(batch), row="top-picks", position=0,
+                           artwork=art, propensity=0.5, impression_id=imp))
+        if rng.random() < TRUE_RATE[art] * 2:
+            batch.append(event(f"v{k % 50}", "play_start", "t01", now - 590, len(batch), impression_id=imp))
+    for start in range(0, len(batch), 500):
+        status, body = await control.call("POST", "/v1/events", {"events": batch[start:start + 500]}, token=None)
+        assert status == 200 and not body["rejected"], body
+    status, built = await control.call("POST", "/v1/models", {"version": "with-bandit", "pages": 100})
+    assert status == 201, built
+    assert "artwork bandit fitted on 400 logged choices" in built["metadata"]["notes"]
+
+    ctx = control.app[CTX]
+    keys = parse_public_keys({ctx.signer.key_id: ctx.signer.public_key_b64()})
+    assert ctx.bundles is not None
+    opened = bundle.open_bundle(ctx.bundles.path("with-bandit"), ctx.bundles.get("with-bandit").descriptor, keys,
+                                tmp_path / "edge" / "with-bandit")
+    model = load_model(opened.path, "with-bandit")  # the edge's own loader
+    assert model.bandit is not None and model.bandit.arms == sorted(TRUE_RATE)
+    x = ContextEncoder(list(GENRES), list(DEVICES)).encode({}, "web", 20.0)
+    probs = model.bandit.probabilities(x, sorted(TRUE_RATE))
+    assert probs[1] > probs[0]  # it learned that candidate_02 gets played more

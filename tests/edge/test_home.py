@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from edge.config import EdgeConfig
 from edge.models import LoadedModel
 from shared import bundle, tokens
 from shared import config as cfg
+from shared.bandits import LinUCB
 
 FEATURES = ["cp_score", "local_log_demand", "cached_here", "hour_sin", "device_tv"]
 ROWS, ITEMS = 10, 40
@@ -236,3 +239,26 @@ async def test_a_model_failing_at_serve_time_costs_the_rerank_not_the_page(edge:
     assert [i["title_id"] for i in page["rows"][0]["items"]] == [f"t0-{i}" for i in range(ITEMS)]
     assert edge.ctx.metrics.rerank_errors._value.get() == 1
     assert edge.ctx.metrics.rerank_fallbacks._value.get() == 1
+
+
+async def test_a_shipped_artwork_bandit_chooses_the_artwork(edge: Edge, control: Control) -> None:
+    """A model that ships a bandit: its learned preference shows; a bandit of another layout is ignored."""
+    await control.start()
+    home = edge.ctx.home
+    model = edge.ctx.models.current
+    assert model is not None and model.bandit is None
+    arms = sorted({a for r in candidates("p1")["rows"] for it in r["items"] for a in it["artwork"]})
+    learned = LinUCB(home.encoder.dim, epsilon=0.0, min_epsilon=0.0, seed=1)
+    for _ in range(300):  # the last variant is always played, the others never
+        for arm in arms:
+            learned.update(home.encoder.encode({}, "tv", 21), arm, float(arm == arms[-1]))
+    edge.ctx.models.current = dataclasses.replace(model, bandit=learned)
+    status, page = await edge.home("/v1/home/p2?device=tv&hour=21")
+    assert status == 200
+    variants = {it["title_id"]: it["artwork"] for r in candidates("p2")["rows"] for it in r["items"]}
+    choices = Counter(it["artwork"] for r in page["rows"] for it in r["items"] if arms[-1] in variants[it["title_id"]])
+    assert choices[arms[-1]] > 0.8 * sum(choices.values()), choices  # epsilon 0.1 explores the rest
+    assert learned.min_epsilon == home.settings.bandit_epsilon  # the edge's exploration floor holds
+    other = LinUCB(home.encoder.dim + 1, seed=1)
+    edge.ctx.models.current = dataclasses.replace(model, bandit=other)
+    assert home._bandit(edge.ctx.models.current) is home.bandit

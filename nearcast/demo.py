@@ -94,9 +94,17 @@ class Demo:
         token_file = st / "demo-operator-token"
         reader_file = st / "demo-read-token"
         tokens_path = st / "control" / "operator-tokens.json"
-        if token_file.exists() and reader_file.exists() and tokens_path.exists():
+        if token_file.exists() and tokens_path.exists():
             admin = token_file.read_text().strip()
-            self.reader = reader_file.read_text().strip()
+            if reader_file.exists():
+                self.reader = reader_file.read_text().strip()
+            else:  # a state dir from before the operator view: add its read-only token
+                store = TokenStore.load(tokens_path)
+                taken = {e.name for e in store.entries()}
+                self.reader = store.add(next(n for n in (f"demo-ops-{i}" if i else "demo-ops" for i in range(100))
+                                             if n not in taken), "read")
+                store.save(tokens_path)
+                write_private(reader_file, self.reader + "\n")
         else:
             store = TokenStore([])
             admin = store.add("demo-admin", "admin")

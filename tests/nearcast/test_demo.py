@@ -97,3 +97,20 @@ def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory:
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     assert f"export NEARCAST_TOKEN={token}" in out
+
+
+def test_an_older_state_dir_keeps_its_admin_token_and_gains_a_read_token(tmp_path: Path) -> None:
+    """A state directory from before the operator view has no read token: adding one must not replace
+    the admin token the control plane's store already knows."""
+    from control.auth import TokenStore, token_hash
+    from nearcast.demo import Demo
+
+    first = Demo(port=1, state_dir=tmp_path, edges=2)
+    admin = first._prepare_state(1883)
+    (tmp_path / "demo-read-token").unlink()
+    second = Demo(port=1, state_dir=tmp_path, edges=2)
+    assert second._prepare_state(1883) == admin
+    reader = (tmp_path / "demo-read-token").read_text().strip()
+    assert reader == second.reader and reader != first.reader
+    entries = {e.sha256: e for e in TokenStore.load(tmp_path / "control" / "operator-tokens.json").entries()}
+    assert entries[token_hash(admin)].role == "admin" and entries[token_hash(reader)].role == "read"

@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,17 +224,22 @@ class RecsService:
             return self._trending[1], self._trending[2]
 
     # -- export and training ---------------------------------------------------------------------------
+    async def _log(self, types: tuple[str, ...], *, since: float = 0.0) -> AsyncIterator[Event]:
+        """The event log in arrival order, a page at a time (memory stays bounded by the caller)."""
+        after = 0
+        while True:
+            page = await self.store.events_page(after=after, limit=20_000, since=since, types=types)
+            if not page:
+                return
+            for _, event in page:
+                yield event
+            after = page[-1][0]
+
     async def export(self) -> tuple[str, str]:
         """``(interactions.csv, catalog.csv)`` of the whole log, in the formats ``model eval`` reads."""
         by_profile: dict[str, list[Event]] = {}
-        after = 0
-        while True:
-            page = await self.store.events_page(after=after, limit=20_000, types=_PLAY_TYPES)
-            if not page:
-                break
-            for rowid, event in page:
-                by_profile.setdefault(event.profile_id, []).append(event)
-                after = rowid
+        async for event in self._log(_PLAY_TYPES):
+            by_profile.setdefault(event.profile_id, []).append(event)
         # events arrive out of order (offline devices flush late): from_events folds them in time order
         states = [ProfileState.from_events(p, evs) for p, evs in by_profile.items()]
         interactions = io.StringIO()
@@ -264,20 +270,14 @@ class RecsService:
         by_profile: dict[str, list[Event]] = {}
         shown: list[Event] = []
         plays: list[Event] = []
-        after = 0
-        while True:
-            page = await self.store.events_page(after=after, limit=20_000, types=(*_PLAY_TYPES, "impression"))
-            if not page:
-                break
-            for rowid, e in page:
-                after = rowid
-                if e.type == "impression":
-                    if "artwork" in e.data and "impression_id" in e.data:
-                        shown.append(e)
-                    continue
-                by_profile.setdefault(e.profile_id, []).append(e)
-                if e.type == "play_start" and "impression_id" in e.data:
-                    plays.append(e)
+        async for e in self._log((*_PLAY_TYPES, "impression")):
+            if e.type == "impression":
+                if "artwork" in e.data and "impression_id" in e.data:
+                    shown.append(e)
+                continue
+            by_profile.setdefault(e.profile_id, []).append(e)
+            if e.type == "play_start" and "impression_id" in e.data:
+                plays.append(e)
         affinity = {p: ProfileState.from_events(p, evs).affinities(genres) for p, evs in by_profile.items()}
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
@@ -365,14 +365,7 @@ class RecsService:
         for _, cell, _ in exposed:
             counts[cell] = counts.get(cell, 0) + 1
         since = min((ts for _, _, ts in exposed), default=float(doc["created"]))
-        events: list[Event] = []
-        after = 0
-        while True:
-            page = await self.store.events_page(after=after, limit=20_000, since=since, types=ab.OUTCOME_TYPES)
-            if not page:
-                break
-            events += [e for _, e in page]
-            after = page[-1][0]
+        events = [e async for e in self._log(ab.OUTCOME_TYPES, since=since)]
         result = await asyncio.to_thread(lambda: report(exp, ab.outcomes(exp, exposed, events), counts))
         return ab.report_json(result, doc)
 

@@ -75,8 +75,10 @@ async def test_experiment_assigns_logs_exposure_and_reports(control: Harness) ->
     assert play_rate["cell"] == "trending" and play_rate["significant"] and play_rate["diff"] < -0.1, play_rate
     assert abs(rep["cells"]["personal"]["play_rate"]["value"] - 0.3) < 0.05
 
-    # an injected 60/40 split is flagged
-    extra = [("rows-1", f"ghost{i}", "personal", now) for i in range(60)]
+    # an injected 60/40 split (1000 exposures) is flagged
+    seen = rep["srm"]["observed"]
+    extra = [("rows-1", f"ghost-{cell}-{i}", cell, now) for cell, want in (("personal", 600), ("trending", 400))
+             for i in range(want - seen[cell])]
     await ctx.store.record_exposures(extra)
     status, rep = await control.call("GET", "/v1/experiments/rows-1/report")
     assert rep["srm"]["flagged"], rep["srm"]

@@ -11,7 +11,9 @@ Where the rows come from, best first (the ``source`` field of the answer says wh
 
 Every item carries the artwork variant the bandit chose, an impression id (page id + row + position:
 unique, and enough to join a later play back to what was shown) and the propensity of that choice, so
-the logs support off-policy evaluation.  Scoring a 10 x 40 page is one ``inplace_predict`` call of
+the logs support off-policy evaluation.  The discovery row's first tile is an exploration slot: a
+second contextual bandit over that row's titles picks who fills it (the row says which, with the
+propensity), and that tile's propensity is the product of both choices.  Scoring a 10 x 40 page is one ``inplace_predict`` call of
 about a millisecond, so it runs on the loop; a thread hop would cost more than it saves.
 """
 
@@ -29,7 +31,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from shared.bandits import ContextEncoder, LinearBandit, LinUCB
+from shared.bandits import ContextEncoder, FloatArray, LinearBandit, LinUCB
 from shared.errors import InvalidInput
 from shared.ids import check_id
 
@@ -43,6 +45,7 @@ from .rerank import (
     CandidateError,
     Candidates,
     Context,
+    Item,
     RecentDemand,
     Row,
     features,
@@ -54,6 +57,9 @@ from .rerank import (
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATE_BYTES = 4 << 20
+#: The control plane's discovery row (control.rows): its first slot is explored by a bandit here.
+DISCOVERY_ROW = "discovery"
+MAX_EXPLORE_ARMS = 12
 _QUERY_KEYS = frozenset({"device", "hour"})
 
 
@@ -88,6 +94,9 @@ class HomeService:
         eps = settings.bandit_epsilon
         self.bandit = LinUCB(self.encoder.dim, epsilon=eps, min_epsilon=eps,
                              seed=seed if seed is not None else uuid.uuid4().int & 0xFFFFFFFF)
+        #: Fills the discovery row's exploration slot (arms are that row's titles).
+        self.discovery_bandit = LinUCB(self.encoder.dim, epsilon=max(eps, 0.2), min_epsilon=max(eps, 0.2),
+                                       seed=(seed + 1) if seed is not None else uuid.uuid4().int & 0xFFFFFFFF)
         self._cache: OrderedDict[str, tuple[float, Candidates]] = OrderedDict()
         self._down_until = 0.0
         self._http: aiohttp.ClientSession | None = None
@@ -167,6 +176,7 @@ class HomeService:
             self.metrics.rerank_fallbacks.inc()
         ordered = order_rows(rows, scores)
         x = self.encoder.encode(cands.affinities if cands else {}, device, hour)
+        explore = self._explore(rows, ordered, x)
         groups = [it.artwork for row in ordered for it, _ in row if it.artwork]
         picks = iter(self._bandit(model).choose_many(x, groups) if groups else [])
         page_id = uuid.uuid4().hex[:20]
@@ -175,12 +185,33 @@ class HomeService:
             out_items = []
             for i, (it, score) in enumerate(items):
                 artwork, prop = next(picks) if it.artwork else (None, 1.0)
+                if r in explore and i == 0:
+                    prop *= explore[r][1]  # the tile's propensity: this title in the slot, then this artwork
                 out_items.append({"title_id": it.title_id, "name": it.name, "score": score, "artwork": artwork,
                                   "propensity": prop, "impression_id": f"{page_id}-{r}-{i}"})
-            out_rows.append({"id": row.id, "title": row.title, "items": out_items})
+            out_row: dict[str, Any] = {"id": row.id, "title": row.title, "items": out_items}
+            if r in explore:
+                out_row["explore"] = {"title_id": explore[r][0], "propensity": explore[r][1]}
+            out_rows.append(out_row)
         return {"profile_id": profile_id, "page_id": page_id, "source": source,
                 "model_version": model.version if model else None, "device": device, "hour": hour,
                 "rows": out_rows}
+
+    def _explore(self, rows: tuple[Row, ...], ordered: list[list[tuple[Item, float]]], x: FloatArray
+                 ) -> dict[int, tuple[str, float]]:
+        """The discovery row's first slot is an exploration slot: a contextual bandit over the row's titles
+        picks who fills it (moved to the front, in place); returns {row index: (title, propensity)}."""
+        out: dict[int, tuple[str, float]] = {}
+        for r, row in enumerate(rows):
+            items = ordered[r]
+            if row.id != DISCOVERY_ROW or len(items) < 2:
+                continue
+            arms = [it.title_id for it, _ in items[:MAX_EXPLORE_ARMS]]
+            title, prop = self.discovery_bandit.choose(x, arms)
+            k = arms.index(title)
+            items.insert(0, items.pop(k))
+            out[r] = (title, prop)
+        return out
 
     def _bandit(self, model: LoadedModel | None) -> LinearBandit:
         """The artwork bandit the current model ships (what every edge learned), else this edge's own.

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from aiohttp import web
 from edge.app import CTX, EdgeContext, build_app
 from edge.config import EdgeConfig
 from edge.models import LoadedModel
+from edge.rerank import parse_candidates
 from shared import bundle, tokens
 from shared import config as cfg
 from shared.bandits import LinUCB
@@ -262,3 +264,30 @@ async def test_a_shipped_artwork_bandit_chooses_the_artwork(edge: Edge, control:
     other = LinUCB(home.encoder.dim + 1, seed=1)
     edge.ctx.models.current = dataclasses.replace(model, bandit=other)
     assert home._bandit(edge.ctx.models.current) is home.bandit
+
+
+async def test_the_discovery_rows_first_slot_is_explored_with_logged_propensities(edge: Edge) -> None:
+    home = edge.ctx.home
+    doc = {"profile_id": "p9", "rows": [
+        {"id": "top-picks", "title": "Top",
+         "items": [{"title_id": "a", "score": 1.0}, {"title_id": "b", "score": 0.5}]},
+        {"id": "discovery", "title": "Something different",
+         "items": [{"title_id": f"d{i}", "score": 1.0 - i / 10, "artwork": ["x", "y"]} for i in range(4)]}]}
+    cands = parse_candidates(doc, "p9")
+    firsts: Counter[str] = Counter()
+    logged: dict[str, float] = {}
+    for _ in range(400):
+        page = home.page("p9", cands, "control", "tv", 21, time.time())
+        top, disc = page["rows"]
+        assert "explore" not in top
+        slot = disc["explore"]
+        first = disc["items"][0]
+        assert first["title_id"] == slot["title_id"] and 0 < slot["propensity"] <= 1
+        assert sorted(i["title_id"] for i in disc["items"]) == ["d0", "d1", "d2", "d3"]
+        # the tile's propensity is the slot's times the artwork's
+        assert first["propensity"] <= slot["propensity"] + 1e-12
+        firsts[slot["title_id"]] += 1
+        logged[slot["title_id"]] = slot["propensity"]
+    assert len(firsts) == 4  # every title gets the slot sometimes
+    for title, p in logged.items():  # an untrained bandit: its logged propensities match what it did
+        assert abs(firsts[title] / 400 - p) < 0.1, (title, firsts[title], p)

@@ -33,6 +33,7 @@ from shared.web import error_middleware, metrics_handler
 from .agent import DesiredHandler, EdgeAgent
 from .catalog import Catalog
 from .config import EdgeConfig
+from .fastpath import FastSite, Limits
 from .fill import FillAgent, FillOptions
 from .home import HomeService
 from .memcache import MemoryCache
@@ -96,6 +97,24 @@ def make_server(config: EdgeConfig, metrics: EdgeMetrics, catalog: Catalog, url:
                              config.http.max_in_flight)
     return ContentServer(config.cache.dir, catalog, MemoryCache(config.cache.memory_bytes), metrics, options,
                          follow_catalog_file=follow_catalog_file)
+
+
+def handler_options(config: EdgeConfig) -> dict[str, Any]:
+    """aiohttp's own connection limits, from the same settings the fast path applies."""
+    h = config.http
+    return {"keepalive_timeout": h.idle_timeout_s, "max_line_size": h.max_header_bytes,
+            "max_field_size": h.max_header_bytes}
+
+
+def make_site(config: EdgeConfig, app: web.Application, runner: web.AppRunner, host: str,
+              port: int) -> web.BaseSite:
+    """The listening site: the fast path (default) in front of the app, or aiohttp alone."""
+    h = config.http
+    if not h.fast_path:
+        return web.TCPSite(runner, host, port)
+    limits = Limits(max_header_bytes=h.max_header_bytes, max_connections=h.max_connections,
+                    idle_timeout_s=h.idle_timeout_s, header_timeout_s=h.header_timeout_s)
+    return FastSite(runner, app[CTX].server, host, port, limits=limits, shutdown_timeout=h.shutdown_timeout_s)
 
 
 def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Application:

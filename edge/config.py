@@ -41,6 +41,17 @@ class HttpSettings:
                                         check=non_negative)
     max_in_flight: int = setting(0, "Content requests in progress beyond which new ones are redirected "
                                     "elsewhere as health misses (0: no limit).", check=non_negative)
+    fast_path: bool = setting(True, "Serve content requests with the purpose-built HTTP/1.1 server "
+                                    "(edge.fastpath; other routes are handed to aiohttp on the same port); "
+                                    "false: aiohttp serves everything.")
+    max_header_bytes: int = setting(16 * 1024, "Largest request head (request line and headers) accepted; "
+                                               "a larger one gets 431.", check=positive)
+    max_connections: int = setting(10_000, "Open client connections beyond which a new one gets 503 and is "
+                                           "closed (fast path).", check=positive)
+    idle_timeout_s: float = setting(75.0, "How long an idle keep-alive connection is kept open.", check=positive)
+    header_timeout_s: float = setting(10.0, "How long a client may take to send a whole request head once it "
+                                            "started (slow clients are closed with 408; fast path).",
+                                      check=positive)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ pool, and those hand-offs (GIL contention on two busy cores) cost more than the 
 segment from the page cache.  Opening a cached file is a microseconds-long syscall, so it is done
 inline, with ``O_NOFOLLOW`` so the final component can never be a symlink swapped in after the check.
 The decisions (304, 416, 206 or 200, which bytes) are :mod:`edge.ranges`' pure functions, shared with
-the in-memory path; the bytes go out with ``loop.sendfile`` (or a plain read/write loop when sendfile
-is off, which the tests exercise as aiohttp's own tests do).
+the in-memory path, and come back as a :class:`Reply` holding the open descriptor; the bytes go out
+with ``loop.sendfile`` (or a plain read/write loop when sendfile is off, which the tests exercise as
+aiohttp's own tests do), from aiohttp (:func:`send_reply`) or from :mod:`edge.fastpath`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import formatdate
 
 from aiohttp import web
@@ -24,9 +26,40 @@ from . import ranges
 FALLBACK_CHUNK = 256 * 1024
 
 
-async def send_file(request: web.Request, path: str, headers: Mapping[str, str], *,
-                    use_sendfile: bool = True) -> web.StreamResponse:
-    """Answer ``request`` with the file at ``path``; raises OSError if it cannot be opened."""
+@dataclass(slots=True)
+class Reply:
+    """A decided response: status, headers, and either a body in memory or bytes [start, stop) of ``fd``."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    fd: int = -1
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start if self.fd >= 0 else len(self.body)
+
+    def body_bytes(self, method: str) -> int:
+        """What the client is sent after the head (metrics and demand count this)."""
+        return 0 if method == "HEAD" or self.status in (204, 304) else self.length
+
+    closed: bool = False
+
+    def close(self) -> None:
+        """Close the descriptor (once); ``length`` still says what the reply carried."""
+        if self.fd >= 0 and not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def file_reply(path: str, headers: Mapping[str, str], req_headers: Mapping[str, str]) -> Reply:
+    """Open ``path`` and decide the answer; raises OSError if it cannot be opened.
+
+    ``req_headers`` are looked up by lower-case name.  The reply owns the descriptor when it has a
+    body to send (200, 206); the caller closes it with :meth:`Reply.close`.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -35,47 +68,49 @@ async def send_file(request: web.Request, path: str, headers: Mapping[str, str],
         last_modified = formatdate(st.st_mtime, usegmt=True)
         out = {**headers, "ETag": f'"{etag}"', "Last-Modified": last_modified, "Accept-Ranges": "bytes"}
         if ranges.not_modified(etag=etag, last_modified_s=st.st_mtime,
-                               if_none_match=request.headers.get("If-None-Match"),
-                               if_modified_since=request.headers.get("If-Modified-Since")):
-            return await _finish(request, web.StreamResponse(status=304, headers=out))
+                               if_none_match=req_headers.get("if-none-match"),
+                               if_modified_since=req_headers.get("if-modified-since")):
+            os.close(fd)
+            return Reply(304, out)
         rng: ranges.ByteRange | None = None
-        if ranges.range_applies(etag=etag, last_modified_http=last_modified,
-                                if_range=request.headers.get("If-Range")):
+        if ranges.range_applies(etag=etag, last_modified_http=last_modified, if_range=req_headers.get("if-range")):
             try:
-                rng = ranges.parse_range(request.headers.get("Range"), size)
+                rng = ranges.parse_range(req_headers.get("range"), size)
             except ranges.RangeNotSatisfiable:
-                resp = web.StreamResponse(status=416, headers={**out, "Content-Range": f"bytes */{size}"})
-                resp.content_length = 0
-                return await _finish(request, resp)
-        start, stop = (0, size) if rng is None else (rng.start, rng.stop)
-        resp = web.StreamResponse(status=200 if rng is None else 206, headers=out)
-        if rng is not None:
-            resp.headers["Content-Range"] = rng.content_range(size)
-        resp.content_length = stop - start
-        writer = await resp.prepare(request)
-        if request.method != "HEAD" and stop > start and writer is not None:
-            await writer.drain()  # the headers go before the body
-            if use_sendfile:
-                transport = request.transport
-                if transport is None:
-                    raise ConnectionResetError("connection lost")
-                with os.fdopen(os.dup(fd), "rb") as fobj:
-                    await asyncio.get_running_loop().sendfile(transport, fobj, start, stop - start)
-            else:
-                offset = start
-                while offset < stop:
-                    chunk = os.pread(fd, min(FALLBACK_CHUNK, stop - offset), offset)
-                    if not chunk:
-                        raise ConnectionResetError("file shrank while being sent")
-                    await resp.write(chunk)
-                    offset += len(chunk)
-        await resp.write_eof()
-        return resp
-    finally:
-        os.close(fd)
+                os.close(fd)
+                return Reply(416, {**out, "Content-Range": f"bytes */{size}"})
+        if rng is None:
+            return Reply(200, out, fd=fd, start=0, stop=size)
+        out["Content-Range"] = rng.content_range(size)
+        return Reply(206, out, fd=fd, start=rng.start, stop=rng.stop)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
 
 
-async def _finish(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
-    await resp.prepare(request)
+async def send_reply(request: web.Request, reply: Reply, *, use_sendfile: bool = True) -> web.StreamResponse:
+    """aiohttp shell: the head, then the file's bytes (the caller still owns and closes ``reply.fd``)."""
+    resp = web.StreamResponse(status=reply.status, headers=reply.headers)
+    resp.content_length = reply.length
+    writer = await resp.prepare(request)
+    if request.method != "HEAD" and reply.length > 0 and writer is not None:
+        await writer.drain()  # the headers go before the body
+        if use_sendfile:
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            with open(reply.fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230 (no I/O: wraps the fd)
+                await asyncio.get_running_loop().sendfile(transport, fobj, reply.start, reply.length)
+        else:
+            offset = reply.start
+            while offset < reply.stop:
+                chunk = os.pread(reply.fd, min(FALLBACK_CHUNK, reply.stop - offset), offset)
+                if not chunk:
+                    raise ConnectionResetError("file shrank while being sent")
+                await resp.write(chunk)
+                offset += len(chunk)
     await resp.write_eof()
     return resp

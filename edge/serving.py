@@ -8,21 +8,28 @@ exactly, so a symlink anywhere below the cache's ``sets/`` directory is refused 
 
 Segments go out with ``sendfile`` (:mod:`edge.sendfile`, which says why not ``FileResponse``);
 manifests and init segments come from a bounded memory cache answered with the same range and
-conditional rules (:mod:`edge.ranges`).  The
-handler prepares and finishes the response itself so latency and bytes include the body.  A file
-this appliance does not hold is redirected (302) to the token's next fallback; it is never a 5xx.
+conditional rules (:mod:`edge.ranges`).  A file this appliance does not hold is redirected (302)
+to the token's next fallback; it is never a 5xx.
+
+The decisions live in :meth:`ContentServer.resolve`, which awaits nothing and returns a
+:class:`~edge.sendfile.Reply`; two thin shells put it on the wire: :meth:`ContentServer.handle` for
+aiohttp, and :mod:`edge.fastpath`, the HTTP/1.1 server that carries content requests by default.
+Both call :meth:`~ContentServer.begin` and :meth:`~ContentServer.end` around a request, so every
+metric and the demand accounting are the same whichever shell served it, and latency and bytes
+include the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import stat
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +38,13 @@ from aiohttp import web
 
 from shared import tokens
 from shared.errors import TokenError
-from shared.web import json_error
 
 from . import ranges
 from .catalog import Catalog
-from .memcache import CachedBody, MemoryCache
+from .memcache import CachedBody, Key, MemoryCache
 from .metrics import EdgeMetrics
 from .paths import BadPath, ContentRequest, content_type, kind_of, memory_cacheable, parse_content_path
-from .sendfile import send_file
+from .sendfile import Reply, file_reply, send_reply
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,35 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Headers": "Range, If-None-Match, If-Modified-Since, If-Range",
     "Access-Control-Max-Age": "86400",
 }
+
+
+# Request headers, looked up by lower-case name (aiohttp's CIMultiDict, or the fast path's plain dict).
+Headers = Mapping[str, str]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One content request as both shells see it; ``kind`` and ``title`` are filled in once the path parses."""
+
+    method: str
+    raw_path: str
+    headers: Headers
+    client_ip: str
+    kind: str = "other"
+    title: str = ""
+
+
+@dataclass(slots=True)
+class PendingRead:
+    """A manifest or init segment on disk, not yet in memory: read it off the loop, then answer."""
+
+    real: str
+    key: Key
+    mtime_ns: int
+    creq: ContentRequest
+    kind: str
+    grant: tokens.Grant
+    headers: Headers
 
 
 def cache_control(kind: str) -> str:
@@ -95,6 +130,57 @@ class ContentServer:
     def _open_connections(self) -> float:
         return float(sum(1 for t in self._transports if not t.is_closing()))
 
+    def begin(self, transport: asyncio.BaseTransport | None) -> float:
+        """Every shell calls this when a content request starts, and :meth:`end` when it is done."""
+        if transport is not None:
+            self._transports.add(transport)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        return time.perf_counter()
+
+    def end(self, ex: Exchange, reply: Reply | None, started: float, *, aborted: bool = False) -> None:
+        """Requests, bytes and latency by status and kind; per-title demand for what was served."""
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+        status = "499" if aborted or reply is None else str(reply.status)
+        sent = 0 if aborted or reply is None else reply.body_bytes(ex.method)
+        self._count(status, ex.kind, sent, time.perf_counter() - started)
+        if ex.title and not aborted and reply is not None and reply.status < 400:
+            self.metrics.demand.add(ex.title, sent)
+
+    def resolve(self, ex: Exchange) -> Reply | PendingRead:
+        """The answer to a GET or HEAD, decided without awaiting anything (sans-IO, like the rules it calls).
+
+        A file answer holds an open descriptor (``reply.fd``) the caller sends and closes; a small file
+        not yet in memory comes back as a :class:`PendingRead` for :meth:`read`.
+        """
+        try:
+            creq = parse_content_path(ex.raw_path.split("?", 1)[0])
+        except BadPath as exc:
+            self.metrics.refused.labels("path").inc()
+            return error_reply(400, str(exc))
+        ex.kind = kind_of(creq.path)
+        ex.title = creq.title_id
+        try:
+            grant = self._verify(creq, ex.client_ip)
+        except TokenError as exc:
+            self.metrics.refused.labels("token").inc()
+            return error_reply(403, str(exc))
+        return self._serve(ex, creq, grant)
+
+    async def read(self, pending: PendingRead) -> Reply:
+        """Read a manifest or init segment off the event loop, keep it in memory, answer from there."""
+        try:
+            body = await _read_small(pending.real)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", pending.real, exc)
+            return self._miss(pending.creq, pending.grant, "health")
+        entry = CachedBody.of(body, pending.mtime_ns)
+        self.memory.put(pending.key, entry)
+        self.metrics.memory_cache_bytes.set(self.memory.used)
+        self._hit_disk.inc()
+        return _from_memory(pending.headers, entry, pending.creq.path, pending.kind)
+
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/content/{rest:.*}", self.handle)  # and HEAD
         app.router.add_route("OPTIONS", "/v1/content/{rest:.*}", self.preflight)
@@ -103,44 +189,23 @@ class ContentServer:
         return web.Response(status=204, headers=PREFLIGHT_HEADERS)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        if request.transport is not None:
-            self._transports.add(request.transport)
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
-        kind = "other"
-        title = ""
-        resp: web.StreamResponse | None = None
+        """The aiohttp shell (``http.fast_path = false``, and connections handed over by :mod:`edge.fastpath`)."""
+        started = self.begin(request.transport)
+        ex = Exchange(request.method, request.raw_path, request.headers, request.remote or "")
+        reply: Reply | None = None
         aborted = False
         try:
+            answer = self.resolve(ex)
+            reply = answer if isinstance(answer, Reply) else await self.read(answer)
             try:
-                creq = parse_content_path(request.raw_path.split("?", 1)[0])
-            except BadPath as exc:
-                self.metrics.refused.labels("path").inc()
-                resp = _with_cors(json_error(400, str(exc)))
-                return resp
-            kind = kind_of(creq.path)
-            title = creq.title_id
-            try:
-                grant = self._verify(creq, request.remote or "")
-            except TokenError as exc:
-                self.metrics.refused.labels("token").inc()
-                resp = _with_cors(json_error(403, str(exc)))
-                return resp
-            try:
-                resp = await self._serve(request, creq, kind, grant)
+                return await _respond(request, reply, use_sendfile=self.use_sendfile)
             except ConnectionError:  # the client went away mid-body: nothing to answer, nothing to log
                 aborted = True
                 raise
-            return resp
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
-            status = "499" if aborted or resp is None else str(resp.status)
-            sent = 0 if aborted else _body_bytes(request, resp)
-            self._count(status, kind, sent, time.perf_counter() - started)
-            if title and not aborted and resp is not None and resp.status < 400:
-                self.metrics.demand.add(title, sent)
+            if reply is not None:
+                reply.close()
+            self.end(ex, reply, started, aborted=aborted)
 
     def _count(self, status: str, kind: str, sent: int, elapsed: float) -> None:
         # Resolving label children costs more than the increments; keep them per (status, kind).
@@ -175,90 +240,88 @@ class ContentServer:
             raise TokenError("token does not cover this path")
         return grant
 
-    async def _serve(self, request: web.Request, creq: ContentRequest, kind: str,
-                     grant: tokens.Grant) -> web.StreamResponse:
+    def _serve(self, ex: Exchange, creq: ContentRequest, grant: tokens.Grant) -> Reply | PendingRead:
         if self.follow_catalog_file:
             self.catalog.refresh()
         version = self.catalog.get(creq.title_id)
         if version is None:
-            return await self._miss(request, creq, grant, "content")
+            return self._miss(creq, grant, "content")
         if self.options.max_in_flight and self.in_flight > self.options.max_in_flight:
-            return await self._miss(request, creq, grant, "health")
+            return self._miss(creq, grant, "health")
         key = (creq.title_id, version, creq.path)
         if self.on_hit is not None:
             self.on_hit((creq.title_id, version))
         cached = self.memory.get(key)
         if cached is not None:
             self._hit_memory.inc()
-            return await self._from_memory(request, cached, creq.path, kind)
+            return _from_memory(ex.headers, cached, creq.path, ex.kind)
         real = os.path.join(self._base, creq.title_id, version, *creq.path.split("/"))
         try:
             st = lstat_no_symlinks(self._base, [creq.title_id, version, *creq.path.split("/")])
         except SymlinkRefused:
             self.metrics.refused.labels("symlink").inc()
             log.warning("refusing %s: a symlink in its file set", creq.token_path)
-            return _with_cors(json_error(404, "not found"))
+            return error_reply(404, "not found")
         except (FileNotFoundError, NotADirectoryError):
-            return await self._miss(request, creq, grant, "content")
+            return self._miss(creq, grant, "content")
         except OSError as exc:
             log.warning("cannot stat %s: %s", real, exc)
-            return await self._miss(request, creq, grant, "health")
+            return self._miss(creq, grant, "health")
         if not stat.S_ISREG(st.st_mode):
-            return await self._miss(request, creq, grant, "content")
+            return self._miss(creq, grant, "content")
         if memory_cacheable(creq.path, st.st_size):
-            try:
-                body = await _read_small(real)
-            except OSError as exc:
-                log.warning("cannot read %s: %s", real, exc)
-                return await self._miss(request, creq, grant, "health")
-            entry = CachedBody.of(body, st.st_mtime_ns)
-            self.memory.put(key, entry)
-            self.metrics.memory_cache_bytes.set(self.memory.used)
-            self._hit_disk.inc()
-            return await self._from_memory(request, entry, creq.path, kind)
+            return PendingRead(real, key, st.st_mtime_ns, creq, ex.kind, grant, ex.headers)
         self._hit_disk.inc()
-        headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(kind), **CORS_HEADERS}
+        headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(ex.kind), **CORS_HEADERS}
         try:
-            return await send_file(request, real, headers, use_sendfile=self.use_sendfile)
+            return file_reply(real, headers, ex.headers)
         except (FileNotFoundError, NotADirectoryError):  # evicted between the check and the open
-            return await self._miss(request, creq, grant, "content")
-        except ConnectionError:
-            raise
+            return self._miss(creq, grant, "content")
         except OSError as exc:  # O_NOFOLLOW refused a symlink, or the disk failed
             log.warning("cannot send %s: %s", real, exc)
-            return await self._miss(request, creq, grant, "health")
+            return self._miss(creq, grant, "health")
 
-    async def _from_memory(self, request: web.Request, entry: CachedBody, path: str,
-                           kind: str) -> web.StreamResponse:
-        headers = {"Content-Type": content_type(path), "Cache-Control": cache_control(kind),
-                   "ETag": f'"{entry.etag}"', "Last-Modified": entry.last_modified_http,
-                   "Accept-Ranges": "bytes", **CORS_HEADERS}
-        if ranges.not_modified(etag=entry.etag, last_modified_s=entry.mtime_s,
-                               if_none_match=request.headers.get("If-None-Match"),
-                               if_modified_since=request.headers.get("If-Modified-Since")):
-            return web.Response(status=304, headers=headers)
-        size = len(entry.body)
-        rng: ranges.ByteRange | None = None
-        if ranges.range_applies(etag=entry.etag, last_modified_http=entry.last_modified_http,
-                                if_range=request.headers.get("If-Range")):
-            try:
-                rng = ranges.parse_range(request.headers.get("Range"), size)
-            except ranges.RangeNotSatisfiable:
-                return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-        if rng is None:
-            return web.Response(body=entry.body, headers=headers)
-        headers["Content-Range"] = rng.content_range(size)
-        return web.Response(status=206, body=entry.body[rng.start:rng.stop], headers=headers)
-
-    async def _miss(self, request: web.Request, creq: ContentRequest, grant: tokens.Grant,
-                    cause: str) -> web.StreamResponse:
+    def _miss(self, creq: ContentRequest, grant: tokens.Grant, cause: str) -> Reply:
         self.metrics.misses.labels(cause).inc()
         target = next_source(grant.fallbacks, self.options.self_urls)
         if target is None:
-            return _with_cors(json_error(404, "not held on this appliance and no fallback given", cause=cause))
+            return error_reply(404, "not held on this appliance and no fallback given", cause=cause)
         location = f"{target.rstrip('/')}/{creq.title_id}/{creq.path}"
-        return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store",
-                                                 **CORS_HEADERS})
+        return Reply(302, {"Location": location, "Cache-Control": "no-store", **CORS_HEADERS})
+
+
+def _from_memory(req_headers: Headers, entry: CachedBody, path: str, kind: str) -> Reply:
+    headers = {"Content-Type": content_type(path), "Cache-Control": cache_control(kind),
+               "ETag": f'"{entry.etag}"', "Last-Modified": entry.last_modified_http,
+               "Accept-Ranges": "bytes", **CORS_HEADERS}
+    if ranges.not_modified(etag=entry.etag, last_modified_s=entry.mtime_s,
+                           if_none_match=req_headers.get("if-none-match"),
+                           if_modified_since=req_headers.get("if-modified-since")):
+        return Reply(304, headers)
+    size = len(entry.body)
+    rng: ranges.ByteRange | None = None
+    if ranges.range_applies(etag=entry.etag, last_modified_http=entry.last_modified_http,
+                            if_range=req_headers.get("if-range")):
+        try:
+            rng = ranges.parse_range(req_headers.get("range"), size)
+        except ranges.RangeNotSatisfiable:
+            return Reply(416, {**headers, "Content-Range": f"bytes */{size}"})
+    if rng is None:
+        return Reply(200, headers, entry.body)
+    headers["Content-Range"] = rng.content_range(size)
+    return Reply(206, headers, entry.body[rng.start:rng.stop])
+
+
+def error_reply(status: int, message: str, **extra: object) -> Reply:
+    """The same JSON error body as :func:`shared.web.json_error`, with CORS so a player can read it."""
+    body = json.dumps({"error": message, **extra}).encode()
+    return Reply(status, {"Content-Type": "application/json; charset=utf-8", **CORS_HEADERS}, body)
+
+
+async def _respond(request: web.Request, reply: Reply, *, use_sendfile: bool) -> web.StreamResponse:
+    if reply.fd < 0:
+        return web.Response(status=reply.status, headers=reply.headers, body=reply.body or None)
+    return await send_reply(request, reply, use_sendfile=use_sendfile)
 
 
 class SymlinkRefused(Exception):
@@ -298,17 +361,6 @@ def next_source(fallbacks: tuple[str, ...], self_urls: tuple[str, ...]) -> str |
             continue
         return url
     return None
-
-
-def _with_cors(resp: web.Response) -> web.Response:
-    resp.headers.update(CORS_HEADERS)
-    return resp
-
-
-def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
-    if resp is None or request.method == "HEAD" or resp.status in (204, 304):
-        return 0
-    return int(resp.content_length or 0)
 
 
 async def _read_small(path: str) -> bytes:

@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,6 +24,7 @@ from .tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SiteFactory = Callable[[web.AppRunner, str, int], web.BaseSite]
 
 
 def json_error(status: int, message: str, **extra: object) -> web.Response:
@@ -79,19 +81,26 @@ async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> object:
 async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float = 10.0,
                 notifier: Notifier | None = None, on_bound: Callable[[int], None] | None = None,
                 healthy: Callable[[], bool] = lambda: True, stop: asyncio.Event | None = None,
-                reuse_port: bool = False) -> None:
-    """Run ``app`` until SIGTERM/SIGINT (or ``stop`` is set)."""
+                reuse_port: bool = False, site: SiteFactory | None = None,
+                handler_options: Mapping[str, Any] | None = None) -> None:
+    """Run ``app`` until SIGTERM/SIGINT (or ``stop`` is set).
+
+    ``site`` builds the listening site from the runner (default: a ``TCPSite``; the edge passes its
+    fast path); ``handler_options`` go to aiohttp's request handler (timeouts, header limits).
+    """
     notifier = notifier or Notifier()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None, handle_signals=False,
+                           **(handler_options or {}))
     tasks = TaskGroup("serve")
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-        await site.start()
+        listener = (site(runner, host, port) if site is not None
+                    else web.TCPSite(runner, host, port, reuse_port=reuse_port or None))
+        await listener.start()
         bound = int(runner.addresses[0][1]) if runner.addresses else port
         log.info("serving on http://%s:%d", host, bound)
         if on_bound is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from edge.app import CTX, EdgeContext, build_app
+from edge.app import CTX, EdgeContext, build_app, handler_options, make_site
 from edge.config import EdgeConfig
 from edge.manifest import FileEntry
 from edge.store import CacheStore
@@ -81,9 +81,10 @@ class RunningEdge:
 
 async def start_edge(config: EdgeConfig, keys: Keys) -> tuple[RunningEdge, web.AppRunner]:
     app = build_app(config, bound_port=config.http.port)
-    runner = web.AppRunner(app, shutdown_timeout=2, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, shutdown_timeout=2, access_log=None, handle_signals=False,
+                           **handler_options(config))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", config.http.port).start()
+    await make_site(config, app, runner, "127.0.0.1", config.http.port).start()
     return RunningEdge(f"http://127.0.0.1:{config.http.port}", config.http.port, app[CTX], keys), runner
 
 

@@ -23,8 +23,10 @@ FILES = {
 SECRET = b"this file lives outside the cache and must never be served"
 
 
-@pytest.fixture
-async def seeded(edge: Any, seed: Any) -> Any:
+@pytest.fixture(params=[True, False], ids=["fastpath", "aiohttp"])
+async def seeded(request: Any, edge_factory: Any, seed: Any) -> Any:
+    """Every test runs against both shells: the fast path (the default) and plain aiohttp."""
+    edge = await edge_factory(http={"fast_path": request.param})
     await seed(edge.ctx.store, "t1", "v1", FILES)
     return edge
 

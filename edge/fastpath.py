@@ -1,0 +1,426 @@
+"""A purpose-built HTTP/1.1 server for content requests, with every other request handed to aiohttp.
+
+Why: on the 2-core reference machine aiohttp's own request machinery (parser, Request and Response
+objects, the handler task) caps a 1 KB answer at 0.57x nginx's single worker before any edge logic
+runs (``bench/serve.py``); a plain :class:`asyncio.Protocol` answering from memory does not.  This
+module is only the wire: the decisions are :meth:`edge.serving.ContentServer.resolve`'s, the same
+ones the aiohttp handler uses, as are the metrics and the demand accounting (``begin``/``end``).
+
+What it serves itself: ``GET``, ``HEAD`` and ``OPTIONS`` on ``/v1/content/...`` without a body.
+Manifests and init segments answered from memory are written from ``data_received`` without a task;
+a segment gets one task that awaits ``loop.sendfile`` (real ``sendfile(2)`` on the selector loop).
+Keep-alive, pipelining (answered in order, one at a time), ``Connection: close`` and HTTP/1.0.
+
+What it hands over: any other request (``/healthz``, ``/metrics``, ``/v1/home``, a POST, a body,
+``Expect``, ``Upgrade``, an absolute-form target ...).  Once the responses before it are written,
+the connection is given to aiohttp: a ``RequestHandler`` from the runner's ``web.Server`` factory
+takes the transport (``set_protocol`` + ``connection_made``) and is fed the bytes buffered so far,
+starting with that request; from then on aiohttp owns the connection (content requests on it are
+served by the aiohttp handler, with the same semantics).  One port, one routing table, no proxying.
+
+Limits (``[http]`` settings, applied to aiohttp's handler too): the request head is bounded
+(431 and close beyond it), a head must arrive whole within ``header_timeout_s`` of its first byte
+(slow clients get 408 and are closed), an idle keep-alive connection is closed after
+``idle_timeout_s``, and past ``max_connections`` a new connection gets 503 and is closed.  A
+malformed request gets 400 and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from shared.tasks import TaskGroup
+
+from .sendfile import FALLBACK_CHUNK, Reply
+from .serving import PREFLIGHT_HEADERS, ContentServer, Exchange, PendingRead
+
+log = logging.getLogger(__name__)
+
+PREFIX = b"/v1/content/"
+SERVED_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# Headers that mean the request is not a plain body-less GET: aiohttp deals with those.
+HANDED_OVER_HEADERS = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this far ahead of us
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 10_000
+    idle_timeout_s: float = 75.0
+    header_timeout_s: float = 10.0
+
+
+class _Date:
+    """The Date header, formatted once a second rather than once a response."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True)
+        return self._value
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FastProtocol(asyncio.Protocol):
+    """One client connection, until it closes or is handed to aiohttp."""
+
+    def __init__(self, site: FastSite) -> None:
+        self.site = site
+        self.server = site.content
+        self.loop = site.loop
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.buf = bytearray()
+        self.busy = False  # a response is being produced or sent; later requests wait in buf
+        self.closing = False
+        self.reading = True
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.deadline = 0.0
+        self.in_head = False  # part of a request head has arrived (the header timeout runs)
+
+    # -- asyncio callbacks ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        site = self.site
+        if len(site.connections) >= site.limits.max_connections:
+            site.content.metrics.refused.labels("connections").inc()
+            self._write_error(503, "too many connections")
+            self._close()
+            return
+        site.connections.add(self)
+        self.deadline = self.loop.time() + site.limits.idle_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.site.connections.discard(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+        self._drain = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+        if not self.busy:
+            self._process()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buf and not self.busy and not self.in_head:
+            self.in_head = True
+            self.deadline = self.loop.time() + self.site.limits.header_timeout_s
+        self.buf += data
+        if not self.busy:
+            self._process()
+        elif len(self.buf) > READ_PAUSE_BYTES and self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, in order, until one needs to wait."""
+        limits = self.site.limits
+        while not self.closing and not self.write_paused:
+            buf = self.buf
+            while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
+                del buf[:2]
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > limits.max_header_bytes:
+                    self._fail(431, "request header too large")
+                elif buf and not self.in_head:
+                    self.in_head = True
+                    self.deadline = self.loop.time() + limits.header_timeout_s
+                elif not buf:
+                    self.in_head = False
+                    self.deadline = self.loop.time() + limits.idle_timeout_s
+                if not self.reading and self.transport is not None:
+                    self.reading = True
+                    self.transport.resume_reading()
+                return
+            if end + 4 > limits.max_header_bytes:
+                self._fail(431, "request header too large")
+                return
+            try:
+                method, target, version, headers = _parse_head(bytes(buf[:end]))
+            except BadRequest as exc:
+                self._fail(exc.status, str(exc))
+                return
+            if (method not in SERVED_METHODS or not target.startswith(PREFIX)
+                    or not HANDED_OVER_HEADERS.isdisjoint(headers)):
+                self._hand_over()
+                return
+            del buf[:end + 4]
+            self.in_head = False
+            connection = headers.get("connection", "").lower()
+            keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
+            if not self._serve(method.decode(), target.decode("latin-1"), headers, keep_alive, version):
+                return  # waiting for a task; it calls _process again
+
+    def _serve(self, method: str, target: str, headers: dict[str, str], keep_alive: bool,
+               version: bytes) -> bool:
+        """Answer one request; False while a task finishes it (the caller stops and waits)."""
+        if method == "OPTIONS":  # preflight: not a content request for the metrics, as in aiohttp
+            self._write(Reply(204, dict(PREFLIGHT_HEADERS)), method, keep_alive, version)
+            return True
+        server = self.server
+        started = server.begin(self.transport)
+        ex = Exchange(method, target, headers, self.client_ip)
+        try:
+            answer = server.resolve(ex)
+        except BaseException:
+            server.end(ex, None, started)
+            raise
+        if isinstance(answer, PendingRead) or (answer.fd >= 0 and method != "HEAD" and answer.length > 0):
+            self.busy = True
+            self.deadline = float("inf")
+            self.site.tasks.spawn(self._finish(ex, answer, keep_alive, version, started), name="send")
+            return False
+        answer.close()
+        self._write(answer, method, keep_alive, version)
+        server.end(ex, answer, started)
+        return True
+
+    async def _finish(self, ex: Exchange, answer: Reply | PendingRead, keep_alive: bool, version: bytes,
+                      started: float) -> None:
+        reply: Reply | None = None
+        aborted = False
+        try:
+            reply = answer if isinstance(answer, Reply) else await self.server.read(answer)
+            if reply.fd < 0 or ex.method == "HEAD":
+                self._write(reply, ex.method, keep_alive, version)
+            else:
+                self._write_head(reply, keep_alive, version)
+                await self._send_file(reply)
+                if not keep_alive:
+                    self._close()
+        except (OSError, RuntimeError) as exc:  # the client went away mid-body (RuntimeError: transport closing)
+            aborted = True
+            log.debug("send aborted: %s", exc)
+            self._abort()
+        finally:
+            if reply is not None:
+                reply.close()
+            self.server.end(ex, reply, started, aborted=aborted)
+            self.busy = False
+            if not self.closing:
+                self._process()
+
+    async def _send_file(self, reply: Reply) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        if self.server.use_sendfile:
+            with open(reply.fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230 (wraps the fd)
+                await self.loop.sendfile(transport, fobj, reply.start, reply.length)
+            return
+        offset = reply.start
+        while offset < reply.stop:
+            chunk = os.pread(reply.fd, min(FALLBACK_CHUNK, reply.stop - offset), offset)
+            if not chunk:
+                raise ConnectionResetError("file shrank while being sent")
+            transport.write(chunk)
+            offset += len(chunk)
+            if self.write_paused:
+                self._drain = self.loop.create_future()
+                await self._drain
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _head(self, reply: Reply, keep_alive: bool, version: bytes) -> bytes:
+        lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
+                 f"Date: {self.site.date.get()}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        if reply.status not in (204, 304):
+            lines.append(f"Content-Length: {reply.length}\r\n")
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif version == b"HTTP/1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+    def _write_head(self, reply: Reply, keep_alive: bool, version: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self._head(reply, keep_alive, version))
+
+    def _write(self, reply: Reply, method: str, keep_alive: bool, version: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        head = self._head(reply, keep_alive, version)
+        if method != "HEAD" and reply.body and reply.status not in (204, 304):
+            transport.write(head + reply.body)
+        else:
+            transport.write(head)
+        if not keep_alive:
+            self._close()
+        elif not self.buf:
+            self.deadline = self.loop.time() + self.site.limits.idle_timeout_s
+
+    def _write_error(self, status: int, message: str) -> None:
+        body = f'{{"error": "{message}"}}'.encode()
+        self._write(Reply(status, {"Content-Type": "application/json; charset=utf-8"}, body), "GET", False,
+                    b"HTTP/1.1")
+
+    def _fail(self, status: int, message: str) -> None:
+        self.server.metrics.refused.labels("malformed" if status == 400 else "limits").inc()
+        self.buf.clear()
+        self._write_error(status, message)
+        self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def expire(self, now: float) -> None:
+        """Called by the site's sweeper: close a connection whose idle or header deadline passed."""
+        if self.busy or self.closing or now < self.deadline:
+            return
+        if self.in_head or self.buf:
+            self.server.metrics.refused.labels("timeout").inc()
+            self._write_error(408, "request header not received in time")
+        self._close()
+
+    def _hand_over(self) -> None:
+        """Give the connection, and everything buffered from this request on, to aiohttp."""
+        transport = self.transport
+        assert transport is not None
+        self.closing = True
+        self.site.connections.discard(self)
+        data = bytes(self.buf)
+        self.buf.clear()
+        handler = self.site.factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if not self.reading:
+            transport.resume_reading()
+        handler.data_received(data)
+
+
+def _parse_head(head: bytes) -> tuple[bytes, bytes, bytes, dict[str, str]]:
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
+    if not method or not _TOKEN_CHARS.issuperset(method):
+        raise BadRequest(400, "malformed method")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadRequest(505 if version.startswith(b"HTTP/") else 400, "unsupported HTTP version")
+    if not target or any(c < 0x21 or c == 0x7F for c in target):
+        raise BadRequest(400, "malformed request target")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or not _TOKEN_CHARS.issuperset(name):
+            raise BadRequest(400, "malformed header line")
+        if b"\n" in value or b"\r" in value or b"\x00" in value:
+            raise BadRequest(400, "malformed header value")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        if key in headers:
+            if key in ("host", "content-length", "range", "if-range"):
+                raise BadRequest(400, f"repeated {key} header")
+            headers[key] = f"{headers[key]}, {text}"
+        else:
+            headers[key] = text
+    return method, target, version, headers
+
+
+class FastSite(web.BaseSite):
+    """An aiohttp site whose connections start in :class:`FastProtocol` (the runner's cleanup stops it)."""
+
+    def __init__(self, runner: web.BaseRunner, content: ContentServer, host: str, port: int, *,
+                 limits: Limits = Limits(), shutdown_timeout: float = 10.0, reuse_port: bool = False) -> None:
+        super().__init__(runner)
+        self.content = content
+        self.limits = limits
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._shutdown_timeout = shutdown_timeout
+        self.connections: set[FastProtocol] = set()
+        self.tasks = TaskGroup("fastpath")
+        self.date = _Date()
+        self.loop = asyncio.get_event_loop()
+        self.factory: Callable[[], asyncio.Protocol] = _no_server
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self.loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        self.factory = server
+        self._server = await self.loop.create_server(lambda: FastProtocol(self), self._host, self._port,
+                                                     reuse_address=True, reuse_port=self._reuse_port or None,
+                                                     backlog=1024)
+        self.tasks.spawn(self._sweep(), name="sweeper")
+
+    async def stop(self) -> None:
+        """Stop accepting, let responses in progress finish (bounded), close the rest."""
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + self._shutdown_timeout
+        while True:
+            for conn in list(self.connections):
+                if not conn.busy:
+                    conn._close()
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn._abort()
+        await self.tasks.aclose()
+        await super().stop()
+
+    async def _sweep(self) -> None:
+        every = max(0.05, min(1.0, self.limits.header_timeout_s / 4, self.limits.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(every)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.expire(now)
+
+
+def _no_server() -> Any:
+    raise RuntimeError("the fast path site is not started")

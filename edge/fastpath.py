@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ PREFIX = b"/v1/content/"
 SERVED_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 # Headers that mean the request is not a plain body-less GET: aiohttp deals with those.
 HANDED_OVER_HEADERS = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token (methods, header names)
+_TARGET_RE = re.compile(rb"[!-~\x80-\xff]+")  # no controls, no spaces
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this far ahead of us
 
@@ -339,16 +341,16 @@ def _parse_head(head: bytes) -> tuple[bytes, bytes, bytes, dict[str, str]]:
     if len(parts) != 3:
         raise BadRequest(400, "malformed request line")
     method, target, version = parts
-    if not method or not _TOKEN_CHARS.issuperset(method):
+    if not _TOKEN_RE.fullmatch(method):
         raise BadRequest(400, "malformed method")
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise BadRequest(505 if version.startswith(b"HTTP/") else 400, "unsupported HTTP version")
-    if not target or any(c < 0x21 or c == 0x7F for c in target):
+    if not _TARGET_RE.fullmatch(target):
         raise BadRequest(400, "malformed request target")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or not _TOKEN_CHARS.issuperset(name):
+        if not sep or not _TOKEN_RE.fullmatch(name):
             raise BadRequest(400, "malformed header line")
         if b"\n" in value or b"\r" in value or b"\x00" in value:
             raise BadRequest(400, "malformed header value")

@@ -28,13 +28,14 @@ from control.recs.models.base import Recommender, load_csr, save_csr
 from control.recs.models.content import ContentBased
 from control.recs.models.ease import EASE
 from control.recs.models.knn import ItemKNN, RP3Beta
+from control.recs.models.ncf import NCF
 from control.recs.models.popularity import MostPopular, Trending
 from control.recs.pipeline import Pipeline, PipelineConfig
 from control.recs.ranker import Ranker, RankerParams
 
 FORMAT = 1
 _KINDS: dict[str, type[Recommender]] = {
-    cls.kind: cls for cls in (ALS, ContentBased, EASE, ItemKNN, RP3Beta, MostPopular, Trending)
+    cls.kind: cls for cls in (ALS, ContentBased, EASE, ItemKNN, RP3Beta, MostPopular, Trending, NCF)
 }
 
 

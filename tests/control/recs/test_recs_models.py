@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from control.recs.models.base import Recommender, item_counts
 from control.recs.models.content import ContentBased
 from control.recs.models.ease import EASE, ease_weights
 from control.recs.models.knn import ItemKNN, RP3Beta
+from control.recs.models.ncf import NCF, torch_available
 from control.recs.models.popularity import MostPopular, Trending
 from control.recs.pipeline import Pipeline, PipelineConfig
 from control.recs.ranker import RankerParams
@@ -140,6 +142,102 @@ class TestALS(ContractTests):
 
     def make(self, seed: int = 0) -> Recommender:
         return ALS(factors=16, reg=5.0, alpha=5.0, iterations=6, seed=seed)
+
+
+needs_torch = pytest.mark.skipif(
+    not torch_available(),
+    reason="PyTorch not installed: NCF trains only with the optional 'neural' extra (pip install -e '.[neural]')")
+
+
+@needs_torch
+class TestNCF(ContractTests):
+    """NeuMF (both towers); tiny and few epochs so the whole class runs in seconds."""
+
+    min_lift = 3.0  # ~6x chance on the synthetic taste groups
+
+    def make(self, seed: int = 0) -> Recommender:
+        return NCF(gmf_dim=8, mlp_dim=8, layers=(16, 8), negatives=4, epochs=8, batch_size=512, lr=1e-2, seed=seed)
+
+
+@needs_torch
+class TestGMF(ContractTests):
+    """NCF with the GMF tower alone, trained with BPR: the other loss and the MLP-less path."""
+
+    min_lift = 3.0
+
+    def make(self, seed: int = 0) -> Recommender:
+        return NCF(gmf_dim=8, mlp_dim=0, negatives=4, epochs=8, batch_size=512, lr=1e-2, loss="bpr", seed=seed)
+
+
+@needs_torch
+def test_ncf_numpy_scores_equal_the_torch_forward(synth_data: TrainData) -> None:
+    """The serving path (numpy, first MLP layer split per side, chunked) computes the trained network."""
+    import torch
+
+    model = NCF(gmf_dim=4, mlp_dim=4, layers=(8, 4), epochs=2, seed=1).fit(synth_data)
+    history = synth_data.matrix[:7]
+    w = {k: torch.from_numpy(v) for k, v in model.weights.items()}
+    h = torch.from_numpy(history[:, model.weights["active"]].toarray())
+    norm = h.sum(dim=1, keepdim=True).clamp(min=1.0) ** -model.alpha
+    n_act = len(model.weights["active"])
+    pu_g, pu_m = (h @ w["g_ctx"]) * norm, (h @ w["m_ctx"]) * norm
+    gmf = (pu_g[:, None, :] * w["g_item"][None, :, :]).reshape(-1, 4)
+    z = torch.cat([pu_m.repeat_interleave(n_act, dim=0), w["m_item"].repeat(7, 1)], dim=1)
+    for li in range(2):
+        z = torch.relu(torch.nn.functional.linear(z, w[f"mlp{li}_w"], w[f"mlp{li}_b"]))
+    expected = (torch.cat([gmf, z], dim=1) @ w["out_w"]).view(7, n_act) + w["item_bias"]
+    got = model.score(history)[:, model.weights["active"]]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@needs_torch
+def test_saved_ncf_loads_and_scores_without_torch(synth_data: TrainData, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model = NCF(gmf_dim=4, mlp_dim=4, layers=(8,), epochs=1).fit(synth_data)
+    model.save(tmp_path / "ncf.npz")
+    real_import = builtins.__import__
+
+    def no_torch(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"{name} blocked by this test")
+        return real_import(name, *args, **kwargs)
+
+    # not sys.modules["torch"] = None: scipy's array-API helpers read sys.modules["torch"] directly
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert not torch_available()
+    loaded = NCF.load(tmp_path / "ncf.npz")
+    np.testing.assert_array_equal(loaded.score(synth_data.matrix[:5]), model.score(synth_data.matrix[:5]))
+    with pytest.raises(ModelError, match="neural"):
+        NCF().fit(synth_data)
+
+
+def test_ncf_rejects_a_model_without_towers() -> None:
+    with pytest.raises(ModelError, match="tower"):
+        NCF(gmf_dim=0, mlp_dim=0)
+    with pytest.raises(ModelError, match="loss"):
+        NCF(loss="mse")
+
+
+@needs_torch
+def test_ncf_trains_past_empty_profiles_and_leaves_torch_threads_alone(synth: tuple[Interactions, Catalog]) -> None:
+    import torch
+
+    inter, catalog = synth
+    data = build(inter, catalog, extra_users=("ghost",))  # a profile with no positive at all
+    before = torch.get_num_threads()
+    model = NCF(gmf_dim=4, mlp_dim=4, layers=(8,), epochs=2, threads=1).fit(data)
+    assert torch.get_num_threads() == before
+    ghost = data.user_index()["ghost"]
+    assert np.isfinite(model.score(data.matrix[[0, ghost]])).all()
+
+
+@needs_torch
+def test_titles_nobody_holds_rank_last_under_ncf(synth: tuple[Interactions, Catalog]) -> None:
+    inter, catalog = synth
+    data = build(inter.take(inter.items != "t0"), catalog)
+    t0 = data.item_index()["t0"]
+    scores = NCF(gmf_dim=4, mlp_dim=0, epochs=1).fit(data).score(data.matrix[:5])
+    assert (scores[:, t0] < np.delete(scores, t0, axis=1).min(axis=1)).all()
 
 
 class PipelineModel(Recommender):

@@ -195,7 +195,8 @@ def main() -> int:
                     proc.kill()
             log.close()
     print(f"serving benchmark: {os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.duration:.0f}s, "
-          f"median of {args.repeats}, edge 1 process, nginx {args.nginx_workers} worker(s), sendfile on both")
+          f"median of {args.repeats}, edge 1 process (http.fast_path), nginx {args.nginx_workers} worker(s), "
+          "sendfile on both")
     print(f"{'':22}{'nginx':>14}{'edge':>14}{'edge/nginx':>12}")
     for what in ("segment", "manifest"):
         n, e = results[(what, "nginx")], results[(what, "edge")]

@@ -13,8 +13,9 @@ Every item carries the artwork variant the bandit chose, an impression id (page 
 unique, and enough to join a later play back to what was shown) and the propensity of that choice, so
 the logs support off-policy evaluation.  The discovery row's first tile is an exploration slot: a
 second contextual bandit over that row's titles picks who fills it (the row says which, with the
-propensity), and that tile's propensity is the product of both choices.  Scoring a 10 x 40 page is one ``inplace_predict`` call of
-about a millisecond, so it runs on the loop; a thread hop would cost more than it saves.
+propensity), and that tile's propensity is the product of both choices.  Scoring a 10 x 40 page is
+one ``inplace_predict`` call of about a millisecond, so it runs on the loop; a thread hop would cost
+more than it saves.
 """
 
 from __future__ import annotations

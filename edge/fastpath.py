@@ -53,8 +53,12 @@ SERVED_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 HANDED_OVER_HEADERS = frozenset({"content-length", "transfer-encoding", "expect", "upgrade"})
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token (methods, header names)
 _TARGET_RE = re.compile(rb"[!-~\x80-\xff]+")  # no controls, no spaces
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this far ahead of us
+# Parsed request heads, by their exact bytes: players repeat the same head (same target, same headers)
+# for every manifest poll, and parsing is a pure function of those bytes.  Only valid, short heads.
+HEAD_CACHE = 512
+HEAD_CACHE_MAX_BYTES = 2048
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,17 @@ class Limits:
 
 
 class _Date:
-    """The Date header, formatted once a second rather than once a response."""
+    """The Date header line, formatted once a second rather than once a response."""
 
     def __init__(self) -> None:
         self._second = 0
-        self._value = ""
+        self._value = b""
 
-    def get(self) -> str:
+    def get(self) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True)
+            self._value = f"Date: {formatdate(now, usegmt=True)}\r\n".encode("latin-1")
         return self._value
 
 
@@ -173,11 +177,20 @@ class FastProtocol(asyncio.Protocol):
             if end + 4 > limits.max_header_bytes:
                 self._fail(431, "request header too large")
                 return
-            try:
-                method, target, version, headers = _parse_head(bytes(buf[:end]))
-            except BadRequest as exc:
-                self._fail(exc.status, str(exc))
-                return
+            raw_head = bytes(buf[:end])
+            heads = self.site.heads
+            parsed = heads.get(raw_head)
+            if parsed is None:
+                try:
+                    parsed = _parse_head(raw_head)
+                except BadRequest as exc:
+                    self._fail(exc.status, str(exc))
+                    return
+                if end <= HEAD_CACHE_MAX_BYTES:
+                    if len(heads) >= HEAD_CACHE:
+                        heads.clear()
+                    heads[raw_head] = parsed
+            method, target, version, headers = parsed
             if (method not in SERVED_METHODS or not target.startswith(PREFIX)
                     or not HANDED_OVER_HEADERS.isdisjoint(headers)):
                 self._hand_over()
@@ -259,17 +272,17 @@ class FastProtocol(asyncio.Protocol):
 
     # -- writing ----------------------------------------------------------------------------------
     def _head(self, reply: Reply, keep_alive: bool, version: bytes) -> bytes:
-        lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
-                 f"Date: {self.site.date.get()}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in reply.headers.items())
-        if reply.status not in (204, 304):
-            lines.append(f"Content-Length: {reply.length}\r\n")
+        status = reply.status
+        line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+        rendered = reply.rendered or "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()).encode("latin-1")
+        length = b"" if status in (204, 304) else b"Content-Length: %d\r\n" % reply.length
         if not keep_alive:
-            lines.append("Connection: close\r\n")
+            tail = b"Connection: close\r\n\r\n"
         elif version == b"HTTP/1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+            tail = b"Connection: keep-alive\r\n\r\n"
+        else:
+            tail = b"\r\n"
+        return b"".join((line, self.site.date.get(), rendered, length, tail))
 
     def _write_head(self, reply: Reply, keep_alive: bool, version: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -380,6 +393,7 @@ class FastSite(web.BaseSite):
         self.connections: set[FastProtocol] = set()
         self.tasks = TaskGroup("fastpath")
         self.date = _Date()
+        self.heads: dict[bytes, tuple[bytes, bytes, bytes, dict[str, str]]] = {}
         self.loop = asyncio.get_event_loop()
         self.factory: Callable[[], asyncio.Protocol] = _no_server
 

@@ -36,6 +36,9 @@ class Reply:
     fd: int = -1
     start: int = 0
     stop: int = 0
+    # ``headers`` already rendered as ``Name: value\r\n`` lines (latin-1), when the server had them at
+    # hand (a plain memory hit); a shell may write these instead of formatting ``headers`` again.
+    rendered: bytes = b""
 
     @property
     def length(self) -> int:

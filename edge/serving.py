@@ -49,6 +49,10 @@ from .sendfile import Reply, file_reply, send_reply
 log = logging.getLogger(__name__)
 
 GRANT_CACHE = 4096
+PATH_CACHE = 4096  # parsed raw paths (pure, so safe to remember); bounded like the grant cache
+PLAIN_CACHE = 1024  # rendered header lines of memory-cached files
+# Request headers that make a memory answer depend on more than the file: such requests take the full rules.
+_CONDITIONAL = ("range", "if-range", "if-none-match", "if-modified-since")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified",
@@ -123,9 +127,13 @@ class ContentServer:
         self._hit_disk = metrics.hits.labels("disk")
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._grants: OrderedDict[tuple[str, str], tokens.Grant] = OrderedDict()
+        self._paths: OrderedDict[str, tuple[ContentRequest, str]] = OrderedDict()
+        self._plain: OrderedDict[Key, tuple[str, str, dict[str, str], bytes]] = OrderedDict()
         self.on_hit: Callable[[tuple[str, str]], None] | None = None  # popularity for eviction (agent only)
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         metrics.connections.set_function(self._open_connections)
+        # Read at scrape time rather than inc/dec'd (two locked updates) on every request.
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     def _open_connections(self) -> float:
         return float(sum(1 for t in self._transports if not t.is_closing()))
@@ -135,13 +143,11 @@ class ContentServer:
         if transport is not None:
             self._transports.add(transport)
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         return time.perf_counter()
 
     def end(self, ex: Exchange, reply: Reply | None, started: float, *, aborted: bool = False) -> None:
         """Requests, bytes and latency by status and kind; per-title demand for what was served."""
         self.in_flight -= 1
-        self.metrics.in_flight.dec()
         status = "499" if aborted or reply is None else str(reply.status)
         sent = 0 if aborted or reply is None else reply.body_bytes(ex.method)
         self._count(status, ex.kind, sent, time.perf_counter() - started)
@@ -154,12 +160,18 @@ class ContentServer:
         A file answer holds an open descriptor (``reply.fd``) the caller sends and closes; a small file
         not yet in memory comes back as a :class:`PendingRead` for :meth:`read`.
         """
-        try:
-            creq = parse_content_path(ex.raw_path.split("?", 1)[0])
-        except BadPath as exc:
-            self.metrics.refused.labels("path").inc()
-            return error_reply(400, str(exc))
-        ex.kind = kind_of(creq.path)
+        raw = ex.raw_path.split("?", 1)[0]
+        parsed = self._paths.get(raw)
+        if parsed is None:
+            try:
+                creq = parse_content_path(raw)
+            except BadPath as exc:
+                self.metrics.refused.labels("path").inc()
+                return error_reply(400, str(exc))
+            parsed = self._paths[raw] = (creq, kind_of(creq.path))
+            if len(self._paths) > PATH_CACHE:
+                self._paths.popitem(last=False)
+        creq, ex.kind = parsed
         ex.title = creq.title_id
         try:
             grant = self._verify(creq, ex.client_ip)
@@ -254,7 +266,9 @@ class ContentServer:
         cached = self.memory.get(key)
         if cached is not None:
             self._hit_memory.inc()
-            return _from_memory(ex.headers, cached, creq.path, ex.kind)
+            if any(h in ex.headers for h in _CONDITIONAL):
+                return _from_memory(ex.headers, cached, creq.path, ex.kind)
+            return self._plain_reply(key, cached, creq.path, ex.kind)
         real = os.path.join(self._base, creq.title_id, version, *creq.path.split("/"))
         try:
             st = lstat_no_symlinks(self._base, [creq.title_id, version, *creq.path.split("/")])
@@ -280,6 +294,20 @@ class ContentServer:
         except OSError as exc:  # O_NOFOLLOW refused a symlink, or the disk failed
             log.warning("cannot send %s: %s", real, exc)
             return self._miss(creq, grant, "health")
+
+    def _plain_reply(self, key: Key, entry: CachedBody, path: str, kind: str) -> Reply:
+        """A 200 from memory for a request with no range or conditional header.  Its headers depend only
+        on the key and the entry's validators, so they are built and rendered once per entry (a new
+        version is a new key, a re-read file new validators); no body is kept here, only in memory."""
+        plain = self._plain.get(key)
+        if plain is None or plain[0] != entry.etag or plain[1] != entry.last_modified_http:
+            headers = _from_memory({}, entry, path, kind).headers
+            rendered = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            plain = self._plain[key] = (entry.etag, entry.last_modified_http, headers, rendered)
+            if len(self._plain) > PLAIN_CACHE:
+                self._plain.popitem(last=False)
+        # A fresh Reply each time (callers close theirs); the headers dict is shared and never mutated.
+        return Reply(200, plain[2], entry.body, rendered=plain[3])
 
     def _miss(self, creq: ContentRequest, grant: tokens.Grant, cause: str) -> Reply:
         self.metrics.misses.labels(cause).inc()

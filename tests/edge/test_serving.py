@@ -4,6 +4,7 @@ paths and hostile tokens (raw sockets, so no client normalises the path first), 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,36 @@ async def test_manifests_come_from_memory_after_first_read(seeded: Any) -> None:
         assert (await get(url))[1] == MASTER
     assert hits._value.get() - before == 2
     assert len(seeded.ctx.server.memory) >= 1
+
+
+
+async def get_from(url: str, local_ip: str) -> int:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(local_ip, 0))) as s, \
+            s.get(url, allow_redirects=False) as r:
+        await r.read()
+        return r.status
+
+
+async def test_a_repeated_target_still_checks_expiry_client_and_version(seeded: Any, seed: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsed path and the rendered memory answer are remembered per target (edge/serving.py); the
+    token's expiry, its client binding and the served version are still checked on every request."""
+    tok = seeded.token("t1", client="127.0.0.1/32", ttl=60)
+    url = seeded.content_url(tok, "t1", "hls/master.m3u8")
+    for _ in range(3):
+        assert (await get(url))[:2] == (200, MASTER)
+    assert await get_from(url, "127.0.0.2") == 403  # the same target from an address the token does not cover
+    assert (await get(url))[1] == MASTER
+    # a new version of the title: the same target now answers its bytes, never the remembered ones
+    await seed(seeded.ctx.store, "t1", "v2", {**FILES, "hls/master.m3u8": MASTER + b"v2"})
+    status, body, h = await get(url)
+    assert (status, body, h["Content-Length"]) == (200, MASTER + b"v2", str(len(MASTER) + 2))
+    assert (await get(url))[1] == MASTER + b"v2"
+    # later than the token's expiry plus the leeway: refused, though this target was just served
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60 + 31)
+    status, body, _ = await get(url)
+    assert status == 403 and b"expired" in body
 
 
 HOSTILE = [

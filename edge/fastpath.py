@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this f
 # for every manifest poll, and parsing is a pure function of those bytes.  Only valid, short heads.
 HEAD_CACHE = 512
 HEAD_CACHE_MAX_BYTES = 2048
+CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
 
@@ -216,10 +218,28 @@ class FastProtocol(asyncio.Protocol):
         except BaseException:
             server.end(ex, None, started)
             raise
-        if isinstance(answer, PendingRead) or (answer.fd >= 0 and method != "HEAD" and answer.length > 0):
+        sent: int | None = None  # body bytes already written, once the head is out
+        if isinstance(answer, Reply) and answer.fd >= 0 and method != "HEAD" and answer.length > 0:
+            try:
+                sent = self._send_now(answer, self._head(answer, keep_alive, version))
+            except OSError as exc:  # the client is gone
+                log.debug("send aborted: %s", exc)
+                self._abort()
+                answer.close()
+                server.end(ex, answer, started, aborted=True)
+                return True
+            if sent == answer.length:  # the socket took the whole body: done without a task
+                answer.close()
+                if not keep_alive:
+                    self._close()
+                elif not self.buf:
+                    self.deadline = self.loop.time() + self.site.limits.idle_timeout_s
+                server.end(ex, answer, started)
+                return True
+        if isinstance(answer, PendingRead) or sent is not None:
             self.busy = True
             self.deadline = float("inf")
-            self.site.tasks.spawn(self._finish(ex, answer, keep_alive, version, started), name="send")
+            self.site.tasks.spawn(self._finish(ex, answer, keep_alive, version, started, sent), name="send")
             return False
         answer.close()
         self._write(answer, method, keep_alive, version)
@@ -227,7 +247,8 @@ class FastProtocol(asyncio.Protocol):
         return True
 
     async def _finish(self, ex: Exchange, answer: Reply | PendingRead, keep_alive: bool, version: bytes,
-                      started: float) -> None:
+                      started: float, sent: int | None = None) -> None:
+        """The rest of a response: ``sent`` body bytes of a file reply may already be out (head included)."""
         reply: Reply | None = None
         aborted = False
         try:
@@ -235,8 +256,9 @@ class FastProtocol(asyncio.Protocol):
             if reply.fd < 0 or ex.method == "HEAD":
                 self._write(reply, ex.method, keep_alive, version)
             else:
-                self._write_head(reply, keep_alive, version)
-                await self._send_file(reply)
+                if sent is None:
+                    self._write_head(reply, keep_alive, version)
+                await self._send_file(reply, reply.start + (sent or 0))
                 if not keep_alive:
                     self._close()
         except (OSError, RuntimeError) as exc:  # the client went away mid-body (RuntimeError: transport closing)
@@ -251,15 +273,50 @@ class FastProtocol(asyncio.Protocol):
             if not self.closing:
                 self._process()
 
-    async def _send_file(self, reply: Reply) -> None:
+    def _send_now(self, reply: Reply, head: bytes) -> int:
+        """Write the head, then as many body bytes as the socket takes right now with ``sendfile(2)``.
+
+        The body goes straight to the socket only when nothing is queued in the transport ahead of it
+        (so the order on the wire holds): a 2 MB segment usually goes in one call, with no task, no
+        ``loop.sendfile`` set-up (file object, lseek, pause/resume reading) and no wait for
+        writability; the rest, if any, is sent by :meth:`_finish`.  The head and the body are corked
+        together (``TCP_CORK``, as nginx's ``tcp_nopush``) so the head does not leave as a packet of
+        its own: measured, that alone was worth 0.7x -> 0.9x of nginx's GB/s on 2 MB segments.
+        """
+        transport = self.transport
+        if (not self.server.use_sendfile or transport is None or transport.is_closing() or self.write_paused
+                or transport.get_write_buffer_size()):
+            if transport is not None and not transport.is_closing():
+                transport.write(head)
+            return 0
+        sock = transport.get_extra_info("socket")
+        out = sock.fileno()
+        sent = 0
+        if CORK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, CORK, 1)
+        try:
+            transport.write(head)
+            while sent < reply.length:
+                try:
+                    n = os.sendfile(out, reply.fd, reply.start + sent, reply.length - sent)
+                except BlockingIOError:
+                    break
+                if n == 0:  # the file shrank: let the task path report it
+                    break
+                sent += n
+        finally:
+            if CORK is not None and not transport.is_closing():
+                sock.setsockopt(socket.IPPROTO_TCP, CORK, 0)
+        return sent
+
+    async def _send_file(self, reply: Reply, offset: int) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost")
         if self.server.use_sendfile:
             with open(reply.fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230 (wraps the fd)
-                await self.loop.sendfile(transport, fobj, reply.start, reply.length)
+                await self.loop.sendfile(transport, fobj, offset, reply.stop - offset)
             return
-        offset = reply.start
         while offset < reply.stop:
             chunk = os.pread(reply.fd, min(FALLBACK_CHUNK, reply.stop - offset), offset)
             if not chunk:

@@ -57,6 +57,34 @@ async def test_pipelined_requests_and_keep_alive_across_segment_and_manifest(fas
     assert fast.ctx.metrics.demand.titles["t1"][0] == 6
 
 
+
+async def test_a_body_the_socket_does_not_take_at_once_is_finished_by_a_task(
+        fast: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments are sendfile'd straight from data_received; what the socket does not take then (here the
+    first call takes 1000 bytes and the second would block) is sent by loop.sendfile from that offset."""
+    real, calls = os.sendfile, []
+
+    def partial(out: int, fd: int, offset: int, count: int) -> int:
+        calls.append((offset, count))
+        if len(calls) == 1:
+            return real(out, fd, offset, min(count, 1000))
+        if len(calls) == 2:
+            raise BlockingIOError
+        return real(out, fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", partial)
+    tok = fast.token("t1")
+    seg = f"/v1/content/{tok}/t1/hls/seg_1.m4s"
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast.port)
+    writer.write(get(seg, "Range: bytes=100-") + get(f"/v1/content/{tok}/t1/hls/master.m3u8"))
+    status, _, body = await read_response(reader)
+    assert (status, body) == (206, SEGMENT[100:])
+    assert calls[:3] == [(100, len(SEGMENT) - 100), (1100, len(SEGMENT) - 1100), (1100, len(SEGMENT) - 1100)]
+    assert (await read_response(reader))[2] == MASTER  # the pipelined request waited for the task
+    writer.close()
+    assert fast.ctx.metrics.bytes_sent.labels("206", "segment")._value.get() == len(SEGMENT) - 100
+
+
 async def test_head_length_and_connection_close(fast: Any) -> None:
     tok = fast.token("t1")
     reader, writer = await asyncio.open_connection("127.0.0.1", fast.port)

@@ -1,8 +1,8 @@
 """Serving benchmark: the edge against nginx on the same files, in one run.
 
 Seeds one file set (2 MB segments and ~1 KB manifests) into an edge cache through the store's own
-API, starts the real edge daemon (``nearcast edge serve``) and nginx (sendfile on, same number of
-worker processes as the edge has serving processes) on the same files, and runs wrk against both:
+API, starts the real edge daemon (``nearcast edge serve``) and nginx (sendfile on, tcp_nopush on, same
+number of worker processes as the edge has serving processes) on the same files, and runs wrk against both:
 GB/s for 2 MB segments, requests/s for ~1 KB manifests, p50/p99 latency, and edge ÷ nginx ratios.
 Both servers get the same machine at the same time of the run; wrk uses one thread.
 
@@ -11,7 +11,9 @@ Both servers get the same machine at the same time of the run; wrk uses one thre
 The edge serves from one process (see ``edge/app.py`` for why), so nginx gets one worker by default;
 ``--nginx-workers 2`` (nginx's ``auto`` here) shows the gap to nginx on every core.  Each case runs
 ``--repeats`` times with the two servers alternating, and the median is reported, because the cores
-are shared with other work.  Skips (exit 0, with the reason) when nginx or wrk is not installed;
+are shared with other work.  Both send a segment the same way: one ``sendfile(2)`` for the body with
+the head corked to it (nginx's ``tcp_nopush``, the edge's ``TCP_CORK`` in ``edge/fastpath.py``).
+Skips (exit 0, with the reason) when nginx or wrk is not installed;
 ``scripts/setup-system.sh`` installs both.
 """
 
@@ -196,7 +198,7 @@ def main() -> int:
             log.close()
     print(f"serving benchmark: {os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.duration:.0f}s, "
           f"median of {args.repeats}, edge 1 process (http.fast_path), nginx {args.nginx_workers} worker(s), "
-          "sendfile on both")
+          "sendfile + cork on both")
     print(f"{'':22}{'nginx':>14}{'edge':>14}{'edge/nginx':>12}")
     for what in ("segment", "manifest"):
         n, e = results[(what, "nginx")], results[(what, "edge")]

@@ -50,7 +50,9 @@ def telemetry_handler(ctx: ControlContext) -> MqttHandler:
         aid = _sender_is_topic_owner(env, topic)
         if not isinstance(env.body, Telemetry):
             raise InvalidInput(f"{env.type} on a telemetry topic")
-        row = ctx.ingest.submit(aid, env.body, time.time())
+        row = ctx.ingest.submit(aid, env.body, time.time(), env.id)
+        if row is None:
+            return  # a redelivery (the appliance's spool resent it): already counted once
         ctx.fleet.on_telemetry(aid, env.body)
         if ctx.deploy is not None:
             ctx.deploy.on_telemetry(row)

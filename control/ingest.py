@@ -4,6 +4,11 @@ The MQTT loop runs handlers one at a time, so the handler only validates and enq
 task drains the queue into one transaction per batch (by size or age).  Writing sample by sample
 would cap ingest at a few hundred per second; batched it keeps up with thousands.  When the store
 falls behind, the bounded queue drops samples and counts them rather than growing without limit.
+
+Appliances spool telemetry on disk and resend what the broker may not have acknowledged, so a sample
+can arrive twice.  Ingest is idempotent by envelope id: the last ids of each appliance are remembered
+here (so a redelivery never feeds demand, liveness or rollout gates twice) and the store ignores an id
+it already holds (so a control-plane restart in between cannot double-count either).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -34,6 +40,8 @@ _NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.]{0,127}(\{[A-Za-z0-9_=,.:/ +-]{0
 _MISS_RE = re.compile(r"(?:miss\.([A-Za-z0-9_]+)|nearcast_edge_cache_misses_total\{cause=([A-Za-z0-9_]+)\})")
 MAX_METRICS = 2048
 MAX_TITLES = 10_000
+#: ids remembered per appliance; a redelivery repeats at most one spool batch (100 samples)
+RECENT_IDS = 256
 
 
 def _check_values(values: Mapping[str, float], what: str, *, non_negative: bool) -> None:
@@ -46,7 +54,7 @@ def _check_values(values: Mapping[str, float], what: str, *, non_negative: bool)
             raise InvalidInput(f"telemetry {what[:-1]} {name} = {value!r} is out of range")
 
 
-def validate(appliance_id: str, sample: Telemetry, ts: float) -> TelemetryRow:
+def validate(appliance_id: str, sample: Telemetry, ts: float, msg_id: str = "") -> TelemetryRow:
     """A sample as stored, or :class:`InvalidInput` naming what is wrong with it."""
     if sample.seq < 0 or not math.isfinite(sample.interval_s) or not 0 < sample.interval_s <= 86_400:
         raise InvalidInput("telemetry seq must be >= 0 and interval_s in (0, 86400]")
@@ -60,7 +68,7 @@ def validate(appliance_id: str, sample: Telemetry, ts: float) -> TelemetryRow:
             raise InvalidInput(f"telemetry demand for {title_id[:64]!r} is invalid")
         titles[title_id] = (d.requests, d.bytes)
     return TelemetryRow(appliance_id, ts, sample.seq, sample.interval_s, dict(sample.counters),
-                        dict(sample.gauges), titles)
+                        dict(sample.gauges), titles, msg_id)
 
 
 class IngestMetrics:
@@ -85,6 +93,7 @@ class TelemetryIngest:
         self._queue: asyncio.Queue[TelemetryRow] = asyncio.Queue(queue_max)
         self.written = 0
         self._last: dict[str, dict[str, float]] = {}
+        self._recent: dict[str, OrderedDict[str, None]] = {}
 
     def _deltas(self, row: TelemetryRow) -> TelemetryRow:
         """Counters arrive cumulative (Prometheus semantics); rollups need what happened since the last sample.
@@ -102,17 +111,33 @@ class TelemetryIngest:
         deltas = {k: (v - previous[k] if k in previous and v >= previous[k] else v) for k, v in row.counters.items()}
         return replace(row, counters=deltas)
 
-    def submit(self, appliance_id: str, sample: Telemetry, ts: float) -> TelemetryRow:
+    def _seen(self, appliance_id: str, msg_id: str) -> bool:
+        """Whether ``msg_id`` was heard from this appliance lately; remembers it if not."""
+        if not msg_id:
+            return False
+        recent = self._recent.setdefault(appliance_id, OrderedDict())
+        if msg_id in recent:
+            return True
+        recent[msg_id] = None
+        while len(recent) > RECENT_IDS:
+            recent.popitem(last=False)
+        return False
+
+    def submit(self, appliance_id: str, sample: Telemetry, ts: float, msg_id: str = "") -> TelemetryRow | None:
         """Validate and enqueue; raises :class:`InvalidInput` for a bad sample (the MQTT loop counts it).
 
         Returns the sample with its counters as deltas, for consumers that judge intervals (rollout gates),
-        even when the store's queue is full and the sample is dropped from storage.
+        even when the store's queue is full and the sample is dropped from storage; None for a
+        redelivered sample (same ``msg_id``), which is counted and otherwise ignored.
         """
         try:
-            row = validate(appliance_id, sample, ts)
+            row = validate(appliance_id, sample, ts, msg_id)
         except InvalidInput:
             self.metrics.samples.labels("rejected").inc()
             raise
+        if self._seen(appliance_id, msg_id):
+            self.metrics.samples.labels("duplicate").inc()
+            return None
         row = self._deltas(row)
         try:
             self._queue.put_nowait(row)
@@ -152,7 +177,10 @@ class TelemetryIngest:
                 batch.append(self._queue.get_nowait())
             self.metrics.queue.set(self._queue.qsize())
             try:
-                self.written += await self.store.ingest_telemetry(batch)
+                written = await self.store.ingest_telemetry(batch)
+                self.written += written
+                if written < len(batch):
+                    self.metrics.samples.labels("duplicate").inc(len(batch) - written)
                 self.metrics.batches.inc()
             except Exception:
                 self.metrics.samples.labels("failed").inc(len(batch))

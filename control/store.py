@@ -116,6 +116,8 @@ class TelemetryRow:
     gauges: Mapping[str, float]
     #: title id -> (requests, bytes)
     titles: Mapping[str, tuple[int, int]]
+    #: the envelope id: a redelivered sample carries the same one and is stored once
+    msg_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,10 @@ class Store(Protocol):
     async def list_holdings(self) -> list[Holding]: ...
 
     # telemetry
-    async def ingest_telemetry(self, rows: Sequence[TelemetryRow]) -> int: ...
+    async def ingest_telemetry(self, rows: Sequence[TelemetryRow]) -> int:
+        """Store the rows and fold them into rollups; returns how many were new (a row whose
+        ``(appliance_id, msg_id)`` is already stored is a redelivery and ignored)."""
+        ...
     async def rollups(self, *, resolution_s: int, since: float, appliance_id: str | None = None,
                       names: Sequence[str] = ()) -> list[Rollup]: ...
     async def title_demand(self, since: float) -> list[tuple[str, str, float, int]]: ...

@@ -96,7 +96,18 @@ def _v3(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Telemetry idempotent by envelope id: a sample redelivered after a broker or edge restart is stored once.
+
+    Rows from before have no id (NULL), which a unique index never counts as equal.
+    """
+    db.executescript("""
+    alter table telemetry_raw add column msg_id text;
+    create unique index telemetry_raw_msg on telemetry_raw (appliance_id, msg_id);
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 
 
 def _audit(db: sqlite_utils.Database, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
@@ -136,6 +147,28 @@ _APPLIANCE_COLS = "appliance_id, meta, mqtt_hash, enrolled, draining"
 _TITLE_COLS = ("title_id, name, genres, version, size, manifest_path, created, live, released, hls, dash, "
                "encrypted")
 _FILL_COLS = "appliance_id, generation, published, titles, bytes_planned, ack_status, progress, ack_ts, detail"
+
+
+def _aggregate(rows: Sequence[TelemetryRow]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rollup and title-demand upserts for a batch, pre-aggregated: a burst becomes a few hundred upserts."""
+    # (appliance, resolution, bucket, name) -> [total, peak, samples]
+    agg: dict[tuple[str, int, float, str], list[float]] = defaultdict(lambda: [0.0, float("-inf"), 0])
+    demand: dict[tuple[str, float, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for r in rows:
+        for res in RESOLUTIONS:
+            bucket = r.ts - r.ts % res
+            for name, value in (*r.counters.items(), *r.gauges.items()):
+                cell = agg[(r.appliance_id, res, bucket, name)]
+                cell[0] += value
+                cell[1] = max(cell[1], value)
+                cell[2] += 1
+        hour = r.ts - r.ts % 3600
+        for title_id, (requests, nbytes) in r.titles.items():
+            d = demand[(r.appliance_id, hour, title_id)]
+            d[0] += nbytes
+            d[1] += requests
+    return ([(*k, v[0], v[1], int(v[2])) for k, v in agg.items()],
+            [(*k, v[0], int(v[1])) for k, v in demand.items()])
 
 
 class SqliteStore:
@@ -323,29 +356,16 @@ class SqliteStore:
 
     # -- telemetry -------------------------------------------------------------------------------------
     async def ingest_telemetry(self, rows: Sequence[TelemetryRow]) -> int:
-        raw = [(r.appliance_id, r.ts, r.seq, r.interval_s, json.dumps(r.counters), json.dumps(r.gauges),
-                json.dumps({t: list(v) for t, v in r.titles.items()})) for r in rows]
-        # (appliance, resolution, bucket, name) -> [total, peak, samples]
-        agg: dict[tuple[str, int, float, str], list[float]] = defaultdict(lambda: [0.0, float("-inf"), 0])
-        demand: dict[tuple[str, float, str], list[float]] = defaultdict(lambda: [0.0, 0])
-        for r in rows:
-            for res in RESOLUTIONS:
-                bucket = r.ts - r.ts % res
-                for name, value in (*r.counters.items(), *r.gauges.items()):
-                    cell = agg[(r.appliance_id, res, bucket, name)]
-                    cell[0] += value
-                    cell[1] = max(cell[1], value)
-                    cell[2] += 1
-            hour = r.ts - r.ts % 3600
-            for title_id, (requests, nbytes) in r.titles.items():
-                d = demand[(r.appliance_id, hour, title_id)]
-                d[0] += nbytes
-                d[1] += requests
-        up = [(*k, v[0], v[1], int(v[2])) for k, v in agg.items()]
-        dem = [(*k, v[0], int(v[1])) for k, v in demand.items()]
-
         def write(db: sqlite_utils.Database) -> int:
-            db.conn.executemany("insert into telemetry_raw values (?, ?, ?, ?, ?, ?, ?)", raw)
+            fresh = []
+            for r in rows:  # one insert per row: its rowcount says whether the sample is new
+                cur = db.conn.execute(
+                    "insert or ignore into telemetry_raw values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.appliance_id, r.ts, r.seq, r.interval_s, json.dumps(r.counters), json.dumps(r.gauges),
+                     json.dumps({t: list(v) for t, v in r.titles.items()}), r.msg_id or None))
+                if cur.rowcount == 1:
+                    fresh.append(r)
+            up, dem = _aggregate(fresh)
             db.conn.executemany(
                 "insert into rollups values (?, ?, ?, ?, ?, ?, ?) on conflict do update set "
                 "total = total + excluded.total, peak = max(peak, excluded.peak), "
@@ -353,7 +373,7 @@ class SqliteStore:
             db.conn.executemany(
                 "insert into title_demand values (?, ?, ?, ?, ?) on conflict do update set "
                 "bytes = bytes + excluded.bytes, requests = requests + excluded.requests", dem)
-            return len(raw)
+            return len(fresh)
 
         return await self.db.write(write)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,22 @@ async def test_telemetry_rollups_and_retention(store: SqliteStore) -> None:
     assert removed == 12 + 6  # raw rows and the minute rollups (two buckets x three metrics)
     assert await store.count_raw() == 0
     assert len(await store.rollups(resolution_s=3600, since=0)) == 3
+
+
+async def test_redelivered_telemetry_is_stored_and_rolled_up_once(store: SqliteStore) -> None:
+    base = 1_800_000_000.0 - 1_800_000_000.0 % 3600
+    rows = [TelemetryRow("edge-a", base + i, i, 1.0, {"bytes": 100.0}, {}, {"t1": (1, 10)}, f"id{i}")
+            for i in range(1, 6)]
+    assert await store.ingest_telemetry(rows[:3]) == 3
+    # the appliance's spool resends 2 and 3 (acknowledged by the broker, cursor not yet written), then 4, 5
+    assert await store.ingest_telemetry([rows[1], rows[2], rows[3], rows[3], rows[4]]) == 2
+    assert await store.ingest_telemetry([replace(rows[0], appliance_id="edge-b")]) == 1  # ids are per appliance
+    seqs = await store.db.read(lambda db: db.execute(
+        "select seq from telemetry_raw where appliance_id = 'edge-a' order by seq").fetchall())
+    assert [s for (s,) in seqs] == [1, 2, 3, 4, 5]
+    (minute,) = await store.rollups(resolution_s=60, since=0, appliance_id="edge-a", names=["bytes"])
+    assert (minute.total, minute.samples) == (500.0, 5)
+    assert sorted(await store.title_demand(0)) == [("edge-a", "t1", 50.0, int(base)),
+                                                   ("edge-b", "t1", 10.0, int(base))]
+    unnamed = [TelemetryRow("edge-c", base, 1, 1.0, {}, {}, {})] * 2  # no id (older senders): not deduplicated
+    assert await store.ingest_telemetry(unnamed) == 2

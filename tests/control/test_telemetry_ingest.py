@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from control.ingest import misses_by_site, validate
 from shared import topics
 from shared.errors import InvalidInput
 from shared.messages import REGISTRY, Telemetry, TitleDemand
+from shared.spool import Spool
 
 from .conftest import Harness, eventually, make_origin_title
 
@@ -114,3 +116,44 @@ async def test_bad_query_parameters_are_400(control: Harness) -> None:
         assert status == 400, q
 
 
+
+
+async def _stored_seqs(control: Harness, aid: str) -> list[int]:
+    rows = await control.ctx.store.db.read(lambda db: db.execute(
+        "select seq from telemetry_raw where appliance_id = ? order by seq", [aid]).fetchall())
+    return [int(seq) for (seq,) in rows]
+
+
+async def test_spool_redelivery_after_an_edge_crash_is_stored_once(control: Harness, tmp_path: Path) -> None:
+    """The edge crashed after the broker acknowledged samples 1-3 but before its spool cursor moved:
+    the re-opened spool sends them again with 4 and 5, and the control plane keeps each sample once."""
+    await control.enroll("edge-a", site="s1")
+    topic = topics.appliance_telemetry("edge-a")
+    spool = Spool(tmp_path / "spool")
+    await spool.open()
+    await spool.append(*[REGISTRY.encode(Telemetry(seq, 1.0, {"bytes": 10.0 * seq}), sender="edge-a")
+                         for seq in range(1, 6)])
+    async with control.mqtt("edge-a") as client:
+        for record in await spool.pending(3):
+            await client.publish(topic, record.payload, qos=1)  # acknowledged by the broker...
+        await spool.close()  # ...and the edge dies before ``ack``: nothing was removed
+
+        again = Spool(tmp_path / "spool")
+        await again.open()
+
+        async def deliver(payload: bytes) -> None:
+            await client.publish(topic, payload, qos=1)
+
+        assert await again.drain(deliver) == 5  # at least once: 1-3 a second time, then 4 and 5
+        await again.close()
+
+        async def all_heard() -> bool:
+            return control.ctx.ingest.written == 5 and control.ctx.ingest.pending() == 0 and (
+                control.ctx.metrics.registry.get_sample_value(
+                    "nearcast_control_telemetry_samples_total", {"result": "duplicate"}) == 3)
+
+        await eventually(all_heard)
+    assert await _stored_seqs(control, "edge-a") == [1, 2, 3, 4, 5]
+    accepted = control.ctx.metrics.registry.get_sample_value("nearcast_control_telemetry_samples_total",
+                                                             {"result": "accepted"})
+    assert accepted == 5

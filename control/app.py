@@ -67,6 +67,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
         config.mqtt, client_id=topics.CONTROL_ID, registry=REGISTRY, metrics=metrics.mqtt,
         birth=Announcement(topics.control_status(), ControlStatus("online", url, SOFTWARE)),
         will=Announcement(topics.control_status(), ControlStatus("offline", url, SOFTWARE)),
+        persistent=True,  # telemetry an appliance sends before this plane reconnects waits on the broker
     )
     fleet = Fleet(config.fleet.heartbeat_ttl_s)
     store = SqliteStore(config.db_path)

@@ -2,7 +2,8 @@
 
 Commands are idempotent by envelope id (a redelivered command is acked again, not re-run).
 Desired state is retained on the broker, so a restarted or reconnected appliance always receives the
-latest generation; older generations are ignored.
+latest generation; older generations are ignored.  Telemetry goes through an on-disk outbox, so a
+broker outage delays samples instead of losing them.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from shared.messages import (
     Telemetry,
 )
 from shared.mqtt import Announcement, MqttSession
+from shared.spool import Spool
+from shared.tasks import TaskGroup
 
 from . import telemetry
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
+from .outbox import TelemetryOutbox
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +67,25 @@ class EdgeAgent:
         )
         self.session.subscribe(topics.appliance_commands(aid), self._on_command)
         self.session.subscribe(f"{topics.ROOT}/appliances/{aid}/desired/+", self._on_desired)
+        t = config.telemetry
+        spool = Spool(t.spool_dir or config.cache.dir / "spool" / "telemetry", max_bytes=t.spool_max_bytes,
+                      segment_bytes=max(4096, min(1 << 20, t.spool_max_bytes // 8)))
+        self.outbox = TelemetryOutbox(spool, self.session, topics.appliance_telemetry(aid), metrics)
+        self._tasks = TaskGroup(f"agent[{aid}]")
 
     def status(self, state: Any, reason: str = "") -> ApplianceStatus:
         return ApplianceStatus(state=state, software=SOFTWARE, started_at=self.started_at,
                                http_url=self.public_url, reason=reason)
 
     async def start(self) -> None:
+        await self.outbox.open()
+        self._tasks.spawn(self.outbox.run(), name="telemetry outbox")
         await self.session.start()
 
     async def stop(self) -> None:
+        await self._tasks.aclose()
         await self.session.stop()
+        await self.outbox.close()
 
     # -- commands ----------------------------------------------------------------------------------
     async def _on_command(self, env: Envelope[Any], topic: str) -> None:
@@ -144,14 +157,12 @@ class EdgeAgent:
         await self.session.publish(topics.appliance_acks(self.appliance_id), ack, timeout=0)
 
     async def telemetry_loop(self) -> None:
+        """Sample every interval, connected or not: the outbox holds samples until the broker is back."""
         interval = self.config.telemetry.interval_s
         while True:
             await asyncio.sleep(interval)
-            if not self.session.connected.is_set():
-                continue
             try:
-                await self.session.publish(topics.appliance_telemetry(self.appliance_id),
-                                           self.telemetry_sample(), timeout=0)
-                self.metrics.telemetry_sent.inc()
+                await self.outbox.put(self.session.registry.encode(self.telemetry_sample(),
+                                                                   sender=self.appliance_id))
             except Exception as exc:
-                log.warning("telemetry not sent: %s", exc)
+                log.warning("telemetry sample not spooled: %s", exc)

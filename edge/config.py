@@ -88,6 +88,12 @@ class FillSettings:
 @dataclass(frozen=True)
 class TelemetrySettings:
     interval_s: float = setting(10.0, "Seconds between telemetry messages to the control plane.", check=positive)
+    spool_dir: Path | None = setting(None, "Where telemetry waits on disk until the broker acknowledges it "
+                                           "(kept across broker outages and restarts); empty: "
+                                           "<cache.dir>/spool/telemetry.")
+    spool_max_bytes: int = setting(16 * 1024**2, "Disk budget of the telemetry spool; when it is full the oldest "
+                                                 "samples are dropped and counted "
+                                                 "(nearcast_edge_telemetry_dropped_total).", check=positive)
 
 
 @dataclass(frozen=True)

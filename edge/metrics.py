@@ -66,6 +66,10 @@ class EdgeMetrics:
                                 ["type", "result"], registry=r)
         self.telemetry_sent = Counter("nearcast_edge_telemetry_messages_total",
                                       "Telemetry messages published", registry=r)
+        self.telemetry_dropped = Counter("nearcast_edge_telemetry_dropped_total",
+                                         "Telemetry samples dropped unsent because the spool was full", registry=r)
+        self.telemetry_spool_bytes = Gauge("nearcast_edge_telemetry_spool_bytes",
+                                           "Bytes of telemetry on disk waiting for the broker", registry=r)
         self.disk_capacity = Gauge("nearcast_edge_cache_capacity_bytes", "Configured cache disk budget",
                                    registry=r)
         self.disk_used = Gauge("nearcast_edge_cache_used_bytes",

@@ -3,6 +3,9 @@
 - reconnects with capped exponential backoff and jitter, re-subscribing every filter each time;
 - publishes a retained *birth* status on every connect and registers a retained *Last Will* so the
   broker marks the daemon offline if it vanishes; a clean stop publishes the offline status itself;
+- a *persistent* session (the control plane's) keeps its subscriptions on the broker while it is away, so
+  QoS 1 messages published meanwhile — an appliance draining its telemetry spool after a broker restart,
+  before this daemon reconnected — are queued for it rather than dropped (the broker persists them);
 - inbound messages go through a bounded queue (overflow is counted, never silent) into handlers run
   one at a time, in arrival order (desired state must apply in order);
 - a bad message never kills the loop: it is logged, counted and, when an ack topic is configured,
@@ -121,8 +124,10 @@ class Announcement:
 class MqttSession:
     def __init__(self, settings: MqttSettings, *, client_id: str, registry: Registry,
                  metrics: MqttMetrics, birth: Announcement | None = None,
-                 will: Announcement | None = None, ack_topic: str | None = None) -> None:
+                 will: Announcement | None = None, ack_topic: str | None = None,
+                 persistent: bool = False) -> None:
         self.settings = settings
+        self.persistent = persistent
         self.client_id = client_id
         self.registry = registry
         self.metrics = metrics
@@ -190,6 +195,18 @@ class MqttSession:
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publish failed: {exc}") from None
 
+    async def publish_encoded(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish an envelope encoded earlier (a spooled one keeps its id); returns once the broker
+        acknowledged it (QoS 1), raises :class:`NotConnected` without waiting when there is no connection."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise NotConnected("not connected to the MQTT broker")
+        try:
+            await client.publish(topic, payload, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise NotConnected(f"publish failed: {exc}") from None
+        self.metrics.published.inc()
+
     async def clear_retained(self, topic: str) -> None:
         """Remove a retained message (an empty retained payload)."""
         client = self._client
@@ -228,7 +245,7 @@ class MqttSession:
             identifier=self.client_id, will=will, keepalive=self.settings.keepalive_s,
             tls_context=self.settings.tls_context(), queue_type=CountingQueue,
             max_queued_incoming_messages=self.settings.inbound_queue, timeout=10,
-            clean_session=True,
+            clean_session=not self.persistent,
         )
 
     async def _run(self) -> None:

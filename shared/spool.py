@@ -111,6 +111,13 @@ class Spool:
     def _size(self) -> int:
         return sum(self._seg_path(s).stat().st_size for s in self._segments())
 
+    def _backlog(self) -> int:
+        total = 0
+        for seg in self._segments():
+            if seg >= self._cursor[0]:
+                total += self._seg_path(seg).stat().st_size - (self._cursor[1] if seg == self._cursor[0] else 0)
+        return total
+
     def _enforce_budget(self) -> None:
         segs = self._segments()
         sizes = {s: self._seg_path(s).stat().st_size for s in segs}  # one stat per segment per append
@@ -193,6 +200,12 @@ class Spool:
 
     async def size(self) -> int:
         result = await self._call(self._size)
+        assert isinstance(result, int)
+        return result
+
+    async def backlog(self) -> int:
+        """Bytes of records not yet acknowledged (:meth:`size` also counts delivered ones not yet deleted)."""
+        result = await self._call(self._backlog)
         assert isinstance(result, int)
         return result
 

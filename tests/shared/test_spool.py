@@ -105,3 +105,16 @@ async def test_random_histories_deliver_everything_once_in_order(tmp_path: Path,
     delivered += await _all(s)
     await s.close()
     assert delivered == appended
+
+
+async def test_backlog_counts_only_unacknowledged_bytes(tmp_path: Path) -> None:
+    s = Spool(tmp_path, segment_bytes=100)
+    await s.open()
+    assert await s.backlog() == 0
+    await s.append(*[b"x" * 10 for _ in range(20)])  # 18 bytes a record with its header
+    assert await s.backlog() == await s.size() == 20 * 18
+    await s.ack((await s.pending(15))[-1])
+    assert await s.backlog() == 5 * 18 < await s.size()
+    await s.ack((await s.pending(5))[-1])
+    assert await s.backlog() == 0
+    await s.close()

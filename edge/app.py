@@ -14,13 +14,14 @@ Within that one process, content requests are carried by :mod:`edge.fastpath` (`
 on by default), an asyncio.Protocol HTTP/1.1 server over the same decisions as the aiohttp handler,
 with every other route handed to aiohttp on the same connection.  aiohttp itself was the ceiling: a
 bare aiohttp hello-world reached 0.57x nginx's single worker on 1 KB bodies.  ``bench/serve.py``
-(2 cores shared with wrk and other work, two runs, median of 2 each): manifests 29.5k and 25.4k
-req/s against nginx's 41.2k and 34.6k (0.72x, 0.74x; 0.39-0.40x before parsed paths, request heads
-and rendered memory answers were remembered, ~24 -> ~11 us of Python per request; the aiohttp
-handler was 0.33x), segments 1.00x and 1.13x nginx's GB/s (0.69-0.73x before they were sendfile'd
-from ``data_received`` with the head corked to the body, as nginx's ``tcp_nopush``).  Raising the
-process count remains the wrong lever on 2 cores (see above); what is left per manifest is the
-event loop itself and the metric updates (prometheus_client takes a lock for each).
+(2 cores shared with wrk and other work, four runs, median of 2 each): manifests 25.4k-36.2k
+req/s against nginx's 34.6k-54.2k (0.57x-0.74x, median 0.70x; 0.39-0.40x before parsed paths,
+request heads and rendered memory answers were remembered, ~24 -> ~11 us of Python per request;
+the aiohttp handler was 0.33x), segments 0.84x-1.13x nginx's GB/s, median 0.96x (0.69-0.73x before
+they were sendfile'd from ``data_received`` with the head corked to the body, as nginx's
+``tcp_nopush``).  Raising the process count remains the wrong lever on 2 cores (see above); what
+is left per manifest is the event loop itself and the metric updates (prometheus_client takes a
+lock for each).
 """
 
 from __future__ import annotations

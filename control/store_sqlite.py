@@ -356,16 +356,28 @@ class SqliteStore:
 
     # -- telemetry -------------------------------------------------------------------------------------
     async def ingest_telemetry(self, rows: Sequence[TelemetryRow]) -> int:
+        # Prepared off the writer thread, for the common case that every sample is new: one executemany
+        # and the batch's own pre-aggregated rollups.  A redelivered sample (after a broker or control
+        # restart) makes the insert count fall short; only then is the batch redone row by row.
+        raw = [(r.appliance_id, r.ts, r.seq, r.interval_s, json.dumps(r.counters), json.dumps(r.gauges),
+                json.dumps({t: list(v) for t, v in r.titles.items()}), r.msg_id or None) for r in rows]
+        up, dem = _aggregate(rows)
+
         def write(db: sqlite_utils.Database) -> int:
-            fresh = []
-            for r in rows:  # one insert per row: its rowcount says whether the sample is new
-                cur = db.conn.execute(
-                    "insert or ignore into telemetry_raw values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r.appliance_id, r.ts, r.seq, r.interval_s, json.dumps(r.counters), json.dumps(r.gauges),
-                     json.dumps({t: list(v) for t, v in r.titles.items()}), r.msg_id or None))
-                if cur.rowcount == 1:
-                    fresh.append(r)
-            up, dem = _aggregate(fresh)
+            nonlocal up, dem
+            before = db.conn.total_changes
+            db.execute("SAVEPOINT telemetry")
+            db.conn.executemany("insert or ignore into telemetry_raw values (?, ?, ?, ?, ?, ?, ?, ?)", raw)
+            fresh: Sequence[TelemetryRow] = rows
+            if db.conn.total_changes - before != len(rows):
+                db.execute("ROLLBACK TO SAVEPOINT telemetry")
+                fresh = []
+                for r, values in zip(rows, raw, strict=True):  # its rowcount says whether the sample is new
+                    if db.conn.execute("insert or ignore into telemetry_raw values (?, ?, ?, ?, ?, ?, ?, ?)",
+                                       values).rowcount == 1:
+                        fresh.append(r)
+                up, dem = _aggregate(fresh)
+            db.execute("RELEASE SAVEPOINT telemetry")
             db.conn.executemany(
                 "insert into rollups values (?, ?, ?, ?, ?, ?, ?) on conflict do update set "
                 "total = total + excluded.total, peak = max(peak, excluded.peak), "

@@ -252,9 +252,10 @@ class RecsService:
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["item", "title", "genres", "tags"])
-        for title_id in sorted(set(catalog) | {t.title_id for t in titles}):
+        published = {t.title_id: t for t in titles}
+        for title_id in sorted(set(catalog) | set(published)):
             c = catalog.get(title_id)
-            t = next((r for r in titles if r.title_id == title_id), None)
+            t = published.get(title_id)
             name = (c.name if c and c.name else t.name if t else title_id)
             if c and c.year and f"({c.year})" not in name:
                 name = f"{name} ({c.year})"

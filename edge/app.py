@@ -53,6 +53,7 @@ from .memcache import MemoryCache
 from .metrics import EdgeMetrics
 from .models import ModelManager
 from .rerank import RecentDemand
+from .scrub import Scrubber
 from .serving import ContentServer, ServingOptions
 from .store import CacheStore
 
@@ -71,6 +72,7 @@ class EdgeContext:
     fill: FillAgent
     models: ModelManager
     home: HomeService
+    scrub: Scrubber
     tasks: TaskGroup = field(default_factory=lambda: TaskGroup("edge"))
     model_tasks: TaskGroup = field(default_factory=lambda: TaskGroup("edge-models"))
 
@@ -157,11 +159,15 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
                           retry_s=r.model_retry_s)
     agent.desired_handlers["model"] = _model_handler(models, fill.public_keys)
     home = HomeService(r, config.control.api_url, models, catalog, metrics, demand)
-    ctx = EdgeContext(config, metrics, agent, server, store, fill, models, home)
+    scrub = Scrubber(store, fill, metrics, config.scrub, server.memory)
+    if config.scrub.verify_on_read:
+        server.verify_read = scrub.verify_read
+    ctx = EdgeContext(config, metrics, agent, server, store, fill, models, home, scrub)
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[CTX] = ctx
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_fill)
+    app.cleanup_ctx.append(_scrub)
     app.cleanup_ctx.append(_models)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_background)
@@ -210,6 +216,13 @@ async def _fill(app: web.Application) -> AsyncIterator[None]:
     yield
     await ctx.tasks.aclose()
     await ctx.fill.stop()
+
+
+async def _scrub(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    ctx.scrub.start()
+    yield
+    await ctx.scrub.stop()
 
 
 async def _models(app: web.Application) -> AsyncIterator[None]:

@@ -86,6 +86,16 @@ class FillSettings:
 
 
 @dataclass(frozen=True)
+class ScrubSettings:
+    interval_s: float = setting(3600.0, "Pause between two scrub passes, each re-hashing every file of every complete "
+                                        "file set against its manifest digest (0: no scrub).", check=non_negative)
+    rate_bytes_s: int = setting(16 * 1024**2, "Bytes per second the scrub reads, so it never competes with "
+                                              "serving for the disk.", check=positive)
+    verify_on_read: bool = setting(True, "Hash manifests and init segments against the index when they are read "
+                                         "into memory; a mismatch is redirected like a miss and re-filled.")
+
+
+@dataclass(frozen=True)
 class TelemetrySettings:
     interval_s: float = setting(10.0, "Seconds between telemetry messages to the control plane.", check=positive)
     spool_dir: Path | None = setting(None, "Where telemetry waits on disk until the broker acknowledges it "
@@ -131,6 +141,7 @@ class EdgeConfig:
     mqtt: MqttSettings = section(MqttSettings, "Connection to the MQTT broker.")
     security: SecuritySettings = section(SecuritySettings, "URL tokens and artifact verification.")
     fill: FillSettings = section(FillSettings, "Fetching file sets from peers and the origin.")
+    scrub: ScrubSettings = section(ScrubSettings, "Finding damaged cached files and filling them again.")
     telemetry: TelemetrySettings = section(TelemetrySettings, "Telemetry sent over MQTT.")
     control: ControlSettings = section(ControlSettings, "Where the control plane is.")
     rerank: RerankSettings = section(RerankSettings, "Model bundles and the home-page re-ranker.")

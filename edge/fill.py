@@ -91,6 +91,8 @@ class FillAgent:
         self._wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._last_progress = 0.0
+        self._busy = False  # the run loop is walking a plan
+        self._rerun = False  # walk the plan again once this walk ends (a set needs filling again)
 
     @property
     def planned(self) -> set[SetKey]:
@@ -140,6 +142,20 @@ class FillAgent:
         self.bucket.set_rate(bits_to_bytes(body.rate_limit_bps or self.options.rate_limit_bps))
         self._wake.set()
 
+    def refill(self, key: SetKey) -> bool:
+        """A set of the current plan lost a file (the scrub found it damaged): walk the plan again.
+
+        Returns False when the set is not in the plan (nobody asked for it: there is nothing to fill).
+        The walk is asked for without touching ``_wake`` mid-walk, which a window wait listens to.
+        """
+        if key not in self.planned:
+            return False
+        if self._busy:
+            self._rerun = True
+        else:
+            self._wake.set()
+        return True
+
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
@@ -148,7 +164,14 @@ class FillAgent:
             plan = self._plan
             if plan is None:
                 continue
-            ok = await self._execute(plan)
+            self._busy, self._rerun = True, False
+            try:
+                ok = await self._execute(plan)
+            finally:
+                self._busy = False
+            if self._rerun:
+                self._wake.set()
+                continue
             if not ok and not self._wake.is_set():
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.options.retry_s)

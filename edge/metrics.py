@@ -87,7 +87,7 @@ class EdgeMetrics:
         self.hits = Counter("nearcast_edge_cache_hits_total", "Requests served from this appliance, by where",
                             ["where"], registry=r)
         self.misses = Counter("nearcast_edge_cache_misses_total",
-                              "Requests this appliance could not serve, by cause (content or health)", ["cause"],
+                              "Requests this appliance could not serve, by cause (content, health, corrupt)", ["cause"],
                               registry=r)
         self.refused = Counter("nearcast_edge_http_refused_total", "Requests refused, by reason", ["reason"],
                                registry=r)
@@ -107,6 +107,15 @@ class EdgeMetrics:
                                  registry=r)
         self.evictions = Counter("nearcast_edge_evictions_total", "File sets evicted, by reason", ["reason"],
                                  registry=r)
+        self.scrub_bytes = Counter("nearcast_edge_scrub_bytes_total", "Bytes of cached files re-hashed by the scrub",
+                                   registry=r)
+        self.scrub_files = Counter("nearcast_edge_scrub_files_total", "Cached files re-hashed by the scrub",
+                                   registry=r)
+        self.scrub_corrupt = Counter("nearcast_edge_scrub_corrupt_total",
+                                     "Cached files found damaged or missing, by who found them (scrub, read)",
+                                     ["found_by"], registry=r)
+        self.scrub_passes = Counter("nearcast_edge_scrub_passes_total", "Scrub passes over the whole cache finished",
+                                    registry=r)
         self.demand = DemandTally()
         # model rollout and re-ranking: the control plane's rollout gates read these names from telemetry
         self.model_info = Gauge("nearcast_edge_model_info", "1 for the model version serving re-ranks",

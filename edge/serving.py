@@ -22,6 +22,7 @@ include the body.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import stat
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ class ContentServer:
         self._paths: OrderedDict[str, tuple[ContentRequest, str]] = OrderedDict()
         self._plain: OrderedDict[Key, tuple[str, str, dict[str, str], bytes]] = OrderedDict()
         self.on_hit: Callable[[tuple[str, str]], None] | None = None  # popularity for eviction (agent only)
+        #: Agent only (it has the index): is this sha256 the manifest's for the file?  False: damaged.
+        self.verify_read: Callable[[Key, str], Awaitable[bool]] | None = None
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         metrics.connections.set_function(self._open_connections)
         # Read at scrape time rather than inc/dec'd (two locked updates) on every request.
@@ -182,11 +185,14 @@ class ContentServer:
 
     async def read(self, pending: PendingRead) -> Reply:
         """Read a manifest or init segment off the event loop, keep it in memory, answer from there."""
+        verify = self.verify_read
         try:
-            body = await _read_small(pending.real)
+            body, digest = await _read_small(pending.real, digest=verify is not None)
         except OSError as exc:
             log.warning("cannot read %s: %s", pending.real, exc)
             return self._miss(pending.creq, pending.grant, "health")
+        if verify is not None and not await verify(pending.key, digest):
+            return self._miss(pending.creq, pending.grant, "corrupt")  # never kept, never served
         entry = CachedBody.of(body, pending.mtime_ns)
         self.memory.put(pending.key, entry)
         self.metrics.memory_cache_bytes.set(self.memory.used)
@@ -391,9 +397,11 @@ def next_source(fallbacks: tuple[str, ...], self_urls: tuple[str, ...]) -> str |
     return None
 
 
-async def _read_small(path: str) -> bytes:
-    def read() -> bytes:
+async def _read_small(path: str, *, digest: bool = False) -> tuple[bytes, str]:
+    """The file's bytes and, if asked, their sha256 (hashed on the same thread, off the loop)."""
+    def read() -> tuple[bytes, str]:
         with open(path, "rb") as fh:
-            return fh.read()
+            body = fh.read()
+        return body, hashlib.sha256(body).hexdigest() if digest else ""
 
     return await asyncio.get_running_loop().run_in_executor(None, read)

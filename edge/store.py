@@ -83,6 +83,8 @@ class CacheStore:
         self.sets_dir = cache_dir / "sets"
         self.db = Database(cache_dir / "index.db", MIGRATIONS)
         self._pending_hits: dict[SetKey, tuple[int, float]] = {}
+        #: Held while a set's directory moves between fill/ and sets/ (complete, evict, mark_corrupt).
+        self._moves = asyncio.Lock()
 
     async def open(self) -> None:
         for d in (self.fill_dir, self.sets_dir):
@@ -175,21 +177,58 @@ class CacheStore:
             os.rename(src, dst)
             _fsync_dir(dst.parent)
 
-        await asyncio.get_running_loop().run_in_executor(None, move)
-        await self.db.write(lambda db: db.execute(
-            "update file_sets set state = 'complete', completed = ? where title_id = ? and version = ?",
-            [time.time(), key[0], key[1]]))
-        await self.publish_catalog()
+        async with self._moves:
+            await asyncio.get_running_loop().run_in_executor(None, move)
+            await self.db.write(lambda db: db.execute(
+                "update file_sets set state = 'complete', completed = ? where title_id = ? and version = ?",
+                [time.time(), key[0], key[1]]))
+            await self.publish_catalog()
 
     async def evict(self, key: SetKey) -> None:
         """Stop serving first, then forget, then delete: a reader never sees a half-deleted set."""
-        served = self.catalog.snapshot()
-        if served.get(key[0]) == key[1]:
-            await self.publish_catalog(exclude={key})
+        async with self._moves:
+            served = self.catalog.snapshot()
+            if served.get(key[0]) == key[1]:
+                await self.publish_catalog(exclude={key})
 
-        await self.db.write(functools.partial(_delete_set, key=key))
-        await asyncio.get_running_loop().run_in_executor(None, self._remove_dirs, key)
-        await self.publish_catalog()
+            await self.db.write(functools.partial(_delete_set, key=key))
+            await asyncio.get_running_loop().run_in_executor(None, self._remove_dirs, key)
+            await self.publish_catalog()
+
+    async def mark_corrupt(self, key: SetKey, path: str) -> bool:
+        """A file of a complete set failed verification: stop serving the set and put it back to filling.
+
+        Servers stop first (the catalog drops the set, so requests miss and are redirected), then the
+        index records the set filling and the file missing, then the directory moves back under fill/
+        and the damaged file goes; the fill agent re-fetches it and completes the set as any fill.  A
+        crash in between is what :meth:`recover` already handles (a filling set found under sets/ is
+        moved back, and its files re-verified).  Returns False when the set is not complete any more
+        (evicted, or already being repaired).
+        """
+        async with self._moves:
+            row = await self.get_set(key)
+            if row is None or row.state != "complete":
+                return False
+            await self.publish_catalog(exclude={key})
+            if not await self.db.write(functools.partial(_mark_corrupt, key=key, path=path)):
+                await self.publish_catalog()
+                return False
+            await asyncio.get_running_loop().run_in_executor(None, self._move_back, key, path)
+            await self.publish_catalog()
+            return True
+
+    def _move_back(self, key: SetKey, path: str) -> None:
+        src, dst = self.set_dir(key, complete=True), self.set_dir(key, complete=False)
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            os.rename(src, dst)
+            _fsync_dir(dst.parent)
+            _fsync_dir(src.parent)
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+        (dst / path).unlink(missing_ok=True)
 
     def _remove_dirs(self, key: SetKey) -> None:
         for complete in (True, False):
@@ -272,6 +311,21 @@ class CacheStore:
                     os.unlink(os.path.join(dirpath, name))
                     stats["temp_files_removed"] += 1
         return stats, forget
+
+
+def _mark_corrupt(db: sqlite_utils.Database, key: SetKey, path: str) -> bool:
+    cur = db.execute("update file_sets set state = 'filling' where title_id = ? and version = ? and "
+                     "state = 'complete'", list(key))
+    if not cur.rowcount:
+        return False
+    found = db.execute("select size from files where title_id = ? and version = ? and path = ? and "
+                       "state = 'complete'", [*key, path]).fetchone()
+    if found is not None:
+        db.execute("update files set state = 'missing' where title_id = ? and version = ? and path = ?",
+                   [*key, path])
+        db.execute("update file_sets set done_bytes = done_bytes - ? where title_id = ? and version = ?",
+                   [found[0], *key])
+    return True
 
 
 def _delete_set(db: sqlite_utils.Database, key: SetKey) -> None:

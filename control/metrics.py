@@ -5,12 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared.mqtt import MqttMetrics
+from shared.runtime_metrics import RuntimeMetrics
 
 
 class ControlMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.mqtt = MqttMetrics(self.registry)
+        self.runtime = RuntimeMetrics(self.registry)
         self.appliances = Gauge("nearcast_control_appliances", "Known appliances by effective state",
                                 ["state"], registry=self.registry)
         self.api_requests = Counter("nearcast_control_api_requests_total", "API requests by route and status",

@@ -12,6 +12,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.mqtt import MqttMetrics
+from shared.runtime_metrics import RuntimeMetrics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_TITLES = 10_000
@@ -60,6 +61,7 @@ class EdgeMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.mqtt = MqttMetrics(r)
+        self.runtime = RuntimeMetrics(r)
         self.up = Gauge("nearcast_edge_up", "1 while the edge daemon runs", registry=r)
         self.draining = Gauge("nearcast_edge_draining", "1 while the operator drains this appliance", registry=r)
         self.commands = Counter("nearcast_edge_commands_total", "Commands handled, by type and outcome",

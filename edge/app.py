@@ -151,7 +151,8 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
     fill = FillAgent(store, metrics, FillOptions(concurrency=f.concurrency, rate_limit_bps=f.rate_limit_bps,
                                                  window=f.window, max_manifest_bytes=f.max_manifest_bytes,
                                                  retry_s=f.retry_s,
-                                                 eviction_half_life_s=config.cache.eviction_half_life_s),
+                                                 eviction_half_life_s=config.cache.eviction_half_life_s,
+                                                 reserve_bytes=config.cache.reserve_bytes),
                      load_control_keys(config), agent.send_ack)
     agent.desired_handlers["fill"] = _fill_handler(fill, fill.public_keys)
     r = config.rerank
@@ -259,6 +260,10 @@ async def _housekeeping(ctx: EdgeContext) -> None:
         await asyncio.sleep(HOUSEKEEPING_S)
         await ctx.store.flush_hits()
         ctx.metrics.disk_used.set(await ctx.store.used_bytes())
+        try:
+            ctx.metrics.fs_free.set(await asyncio.get_running_loop().run_in_executor(None, ctx.store.free_bytes))
+        except OSError as exc:
+            log.warning("cannot read the cache filesystem's free space: %s", exc)
         for state, n in (await ctx.store.count_by_state()).items():
             ctx.metrics.file_sets.labels(state).set(n)
 
@@ -266,9 +271,13 @@ async def _housekeeping(ctx: EdgeContext) -> None:
 async def healthz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     mqtt_ok = ctx.agent.session.connected.is_set()
-    return web.json_response({
+    doc: dict[str, Any] = {
         "status": "ok",
         "appliance": ctx.config.appliance.id,
         "draining": ctx.agent.draining,
         "mqtt": "connected" if mqtt_ok else "disconnected",
-    })
+        "disk": "full" if ctx.fill.disk_full else "ok",  # serving goes on either way; fills stop when full
+    }
+    if ctx.fill.disk_full:
+        doc["disk_detail"] = ctx.fill.disk_full
+    return web.json_response(doc)

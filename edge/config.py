@@ -63,6 +63,10 @@ class CacheSettings:
     eviction_half_life_s: float = setting(3600.0, "How much popularity extends a set's life beyond the plan: "
                                                   "each doubling of hits counts as this many seconds of recency.",
                                           check=non_negative)
+    reserve_bytes: int = setting(64 * 1024**2, "Space a fill leaves free on the cache filesystem (for the index, "
+                                               "the telemetry spool and model bundles); a fill that does not fit "
+                                               "stops with the status 'disk full' before fetching anything.",
+                                 check=non_negative)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ A file is written to ``<name>.part`` in the set's fill directory, hashed as it a
 renamed to its name only when size and sha256 match the manifest.  An interrupted transfer resumes
 from the bytes already in the temp file with a ``Range`` request (the part is re-hashed first, so the
 digest still covers every byte); a server that ignores the range starts the file over.  A corrupt file
-or an HTTP error moves on to the next source; nothing unverified ever gets its final name.
+or an HTTP error moves on to the next source; nothing unverified ever gets its final name.  A full
+disk (ENOSPC, EDQUOT) is no source's fault: the temp file goes and :class:`DiskFull` stops the fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -38,6 +40,25 @@ class FetchFailed(NearcastError):
     """No source delivered a verified copy of a file."""
 
     http_status = 502
+
+
+class DiskFull(NearcastError):
+    """The cache filesystem has no room for what a fill must write: a local condition, not the source's."""
+
+    http_status = 507
+
+
+#: Write errors that mean "no room here" (a full filesystem, or the cache user's quota).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError for a full disk, or SQLite's word for the same (the index lives on the cache disk)."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    return "database or disk is full" in str(exc)
 
 
 class _Corrupt(Exception):
@@ -103,6 +124,9 @@ class Fetcher:
                     await loop.run_in_executor(None, lambda: part.unlink(missing_ok=True))
                     break
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    if is_disk_full(exc):  # no other source can help: stop at once, keep nothing partial
+                        await loop.run_in_executor(None, lambda: part.unlink(missing_ok=True))
+                        raise DiskFull(f"disk full writing {entry.path}: {exc}"[:300]) from None
                     reasons.append(f"{source.kind} {url}: {type(exc).__name__}: {exc}"[:300])
                     self.metrics.fill_files.labels("error").inc()
                     break

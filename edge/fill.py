@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from shared.errors import InvalidInput, NearcastError
 from shared.messages import Ack, DesiredFill, FileSetRef
 
 from .eviction import SetKey, choose_evictions
-from .fetch import Fetcher, verify_file
+from .fetch import DiskFull, Fetcher, is_disk_full, verify_file
 from .manifest import FileSetManifest, parse_manifest
 from .metrics import EdgeMetrics
 from .pacing import FillWindow, TokenBucket, bits_to_bytes
@@ -51,6 +52,7 @@ class FillOptions:
     retry_s: float = 30.0
     progress_interval_s: float = 2.0
     eviction_half_life_s: float = 3600.0
+    reserve_bytes: int = 0  # kept free on the cache filesystem (index, spool, models)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class FillAgent:
         self._last_progress = 0.0
         self._busy = False  # the run loop is walking a plan
         self._rerun = False  # walk the plan again once this walk ends (a set needs filling again)
+        #: Why fills are stopped for lack of disk ("" when they are not); cleared by a walk without it.
+        self.disk_full = ""
 
     @property
     def planned(self) -> set[SetKey]:
@@ -183,6 +187,7 @@ class FillAgent:
 
     async def _execute(self, plan: _Plan) -> bool:
         all_ok = True
+        disk_full = ""
         refs = plan.desired.file_sets
         self.metrics.fill_queue.set(sum(r.size for r in refs))
         for ref in refs:
@@ -193,16 +198,23 @@ class FillAgent:
                 await self._fill_set(plan, ref, prog)
                 prog.state = "done"
                 self.metrics.fill_sets.labels("done").inc()
-            except NearcastError as exc:
+            except (NearcastError, OSError, sqlite3.Error) as exc:  # none of them may end the fill loop
                 if self._superseded(plan):
                     return True
-                prog.state, prog.reason = "failed", str(exc)
+                reason = str(exc)
+                if is_disk_full(exc):
+                    reason = disk_full = reason if isinstance(exc, DiskFull) else f"disk full: {exc}"[:300]
+                elif not isinstance(exc, NearcastError):
+                    log.exception("fill of %s/%s: local error", ref.title_id, ref.version)
+                    reason = f"local error: {type(exc).__name__}: {exc}"[:300]
+                prog.state, prog.reason = "failed", reason
                 all_ok = False
                 self.metrics.fill_sets.labels("failed").inc()
                 log.warning("fill of %s/%s failed: %s", ref.title_id, ref.version, exc)
             await self._report(plan, force=True)
         if self._superseded(plan):
             return True
+        await self._set_disk_full(disk_full)
         remaining = sum(p.size - p.bytes for p in plan.progress.values() if p.state != "done")
         self.metrics.fill_queue.set(max(0, remaining))
         failed = {k: p.reason for k, p in plan.progress.items() if p.state == "failed"}
@@ -210,6 +222,40 @@ class FillAgent:
             f"{k}: {r}" for k, r in failed.items())[:500], progress=self._fraction(plan),
             detail=self._detail(plan)))
         return all_ok
+
+    async def _set_disk_full(self, reason: str) -> None:
+        was, self.disk_full = self.disk_full, reason
+        self.metrics.disk_full.set(1 if reason else 0)
+        if reason and not was:
+            log.warning("fills stopped: %s", reason)
+        elif was and not reason:
+            log.info("fills resumed: the cache filesystem has room again")
+            await self.store.publish_catalog()  # in case the served map could not be written meanwhile
+
+    async def _check_disk(self, key: SetKey, need: int) -> None:
+        """Room on the filesystem itself (the capacity setting may promise more than the disk holds):
+        sets outside the plan are evicted for it as for capacity; if that is not enough, DiskFull."""
+        if need <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        reserve = self.options.reserve_bytes
+        free = await loop.run_in_executor(None, self.store.free_bytes) - reserve
+        self.metrics.fs_free.set(free + reserve)
+        if free >= need:
+            return
+        held = [r.held() for r in await self.store.sets() if r.key != key and r.state == "complete"]
+        victims = choose_evictions(held, planned=self.planned, capacity=sum(h.size for h in held),
+                                   need=need - free, half_life_s=self.options.eviction_half_life_s)
+        for victim in victims or []:
+            log.info("evicting %s/%s: the cache filesystem has no room for %s/%s", *victim, *key)
+            await self.store.evict(victim)
+            self.metrics.evictions.labels("disk").inc()
+        if victims:
+            free = await loop.run_in_executor(None, self.store.free_bytes) - reserve
+            self.metrics.fs_free.set(free + reserve)
+        if free < need:
+            raise DiskFull(f"disk full: {need} bytes to fetch, {max(0, free)} free on the cache filesystem "
+                           f"beyond the {reserve} bytes kept in reserve")
 
     async def _fill_set(self, plan: _Plan, ref: FileSetRef, prog: SetProgress) -> None:
         key = (ref.title_id, ref.version)
@@ -238,11 +284,12 @@ class FillAgent:
         have = await self.store.files(key)
         todo = [f for f in manifest.files if have.get(f.path, (0, "", "missing"))[2] != "complete"]
         prog.bytes = manifest.size - sum(f.size for f in todo)
+        await self._check_disk(key, sum(f.size for f in todo))
         base = self.store.set_dir(key, complete=False)
         sem = asyncio.Semaphore(self.options.concurrency)
         assert self._http is not None
         fetcher = Fetcher(self._http, self.bucket, self.metrics)
-        errors: list[str] = []
+        errors: list[Exception] = []
 
         async def one(entry: Any) -> None:
             async with sem:
@@ -250,16 +297,21 @@ class FillAgent:
                     return
                 try:
                     await fetcher.fetch(entry, base / entry.path, ref.sources)
-                except NearcastError as exc:
-                    errors.append(str(exc))
+                    await self.store.file_done(key, entry.path, entry.size)
+                except (NearcastError, OSError, sqlite3.Error) as exc:  # every file ends: no orphan fetch
+                    errors.append(exc)
                     return
-                await self.store.file_done(key, entry.path, entry.size)
                 prog.bytes += entry.size
                 await self._report(plan)
 
         await asyncio.gather(*(one(f) for f in todo))
         if errors:
-            raise FillError(errors[0])
+            first = next((e for e in errors if is_disk_full(e)), errors[0])
+            if isinstance(first, NearcastError):
+                raise first
+            if is_disk_full(first):
+                raise DiskFull(f"disk full: {first}"[:300]) from first
+            raise FillError(f"local error: {type(first).__name__}: {first}"[:300]) from first
         have = await self.store.files(key)
         if any(state != "complete" for _, _, state in have.values()):
             raise FillError("fill interrupted (new plan or fill window closed); will resume")
@@ -300,8 +352,11 @@ class FillAgent:
         return 1.0 if total == 0 else min(1.0, sum(p.bytes for p in plan.progress.values()) / total)
 
     def _detail(self, plan: _Plan) -> dict[str, Any]:
-        return {"generation": plan.desired.generation,
-                "file_sets": {k: p.as_dict() for k, p in plan.progress.items()}}
+        out: dict[str, Any] = {"generation": plan.desired.generation,
+                               "file_sets": {k: p.as_dict() for k, p in plan.progress.items()}}
+        if self.disk_full:
+            out["stopped"] = self.disk_full
+        return out
 
     async def _report(self, plan: _Plan, *, force: bool = False) -> None:
         now = time.monotonic()

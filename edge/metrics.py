@@ -76,6 +76,10 @@ class EdgeMetrics:
                                    registry=r)
         self.disk_used = Gauge("nearcast_edge_cache_used_bytes",
                                "Bytes held or reserved by file sets in the cache", registry=r)
+        self.disk_full = Gauge("nearcast_edge_cache_disk_full",
+                               "1 while fills are stopped because the cache filesystem is full", registry=r)
+        self.fs_free = Gauge("nearcast_edge_cache_fs_free_bytes",
+                             "Bytes free on the cache filesystem (for the cache's user), as last read", registry=r)
         self.file_sets = Gauge("nearcast_edge_cache_file_sets", "File sets in the cache, by state", ["state"],
                                registry=r)
         # serving

@@ -119,6 +119,11 @@ class CacheStore:
         return int(await self.db.read(
             lambda db: db.execute("select coalesce(sum(size), 0) from file_sets").fetchone()[0]))
 
+    def free_bytes(self) -> int:
+        """Blocking (call from a thread): bytes the cache's user may still write on its filesystem."""
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
     def set_dir(self, key: SetKey, *, complete: bool) -> Path:
         return (self.sets_dir if complete else self.fill_dir) / key[0] / key[1]
 

@@ -109,8 +109,11 @@ async def run_phase(name: str, api: str, clients: int, seconds: float, abr: str,
     return phase
 
 
-def start_demo(state: Path, port: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "nearcast", "demo", "--port", str(port), "--state-dir", str(state)],
+def start_demo(state: Path, port: int, *, titles: bool = True) -> tuple[subprocess.Popen[str], str]:
+    """``nearcast demo`` as a child (its own session), once its titles are ready (or, with
+    ``titles=False``, once its daemons are up: ``--no-titles``); returns it and the API URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "nearcast", "demo", "--port", str(port), "--state-dir", str(state),
+                             *([] if titles else ["--no-titles"])],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             cwd=ROOT)
     assert proc.stdout is not None
@@ -122,7 +125,7 @@ def start_demo(state: Path, port: int) -> tuple[subprocess.Popen[str], str]:
             raise SystemExit("demo exited early:\n" + "".join(lines))
         lines.append(line)
         print(f"  demo | {line.rstrip()}", file=sys.stderr)
-        if "titles: ready" in line:
+        if "titles: ready" in line or (not titles and "Press Ctrl-C" in line):
             break
         if "titles: failed" in line:
             raise SystemExit("demo titles failed:\n" + "".join(lines))

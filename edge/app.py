@@ -39,6 +39,7 @@ from aiohttp import web
 from shared import tokens
 from shared.envelope import Envelope
 from shared.errors import ConfigError, InvalidInput
+from shared.httplimits import ConnectionLimits, GuardedFactory, GuardedSite
 from shared.signing import parse_public_keys
 from shared.tasks import TaskGroup
 from shared.web import error_middleware, metrics_handler
@@ -123,13 +124,25 @@ def handler_options(config: EdgeConfig) -> dict[str, Any]:
 
 def make_site(config: EdgeConfig, app: web.Application, runner: web.AppRunner, host: str,
               port: int) -> web.BaseSite:
-    """The listening site: the fast path (default) in front of the app, or aiohttp alone."""
+    """The listening site: the fast path (default) in front of the app, or aiohttp alone.
+
+    aiohttp's connections, whether its own (``fast_path = false``) or handed over by the fast path,
+    get the same head deadline, head size bound and connection cap (:mod:`shared.httplimits`).
+    """
     h = config.http
+    guard = ConnectionLimits(max_header_bytes=h.max_header_bytes, header_timeout_s=h.header_timeout_s,
+                             idle_timeout_s=h.idle_timeout_s, max_connections=h.max_connections)
+    refused = app[CTX].metrics.refused
+
+    def on_refused(reason: str) -> None:
+        refused.labels(reason).inc()
+
     if not h.fast_path:
-        return web.TCPSite(runner, host, port)
+        return GuardedSite(runner, host, port, guard, on_refused=on_refused)
     limits = Limits(max_header_bytes=h.max_header_bytes, max_connections=h.max_connections,
                     idle_timeout_s=h.idle_timeout_s, header_timeout_s=h.header_timeout_s)
-    return FastSite(runner, app[CTX].server, host, port, limits=limits, shutdown_timeout=h.shutdown_timeout_s)
+    return FastSite(runner, app[CTX].server, host, port, limits=limits, shutdown_timeout=h.shutdown_timeout_s,
+                    handover=lambda server: GuardedFactory(server, guard, on_refused))
 
 
 def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Application:
@@ -176,7 +189,12 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
     app.router.add_get("/v1/home/{profile_id}", home.handle)
     server.add_routes(app)
+    app.on_cleanup.append(_close_server)
     return app
+
+
+async def _close_server(app: web.Application) -> None:
+    app[CTX].server.close()
 
 
 def _fill_handler(fill: FillAgent, keys: Mapping[str, bytes]) -> DesiredHandler:

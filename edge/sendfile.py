@@ -4,7 +4,8 @@ This replaces aiohttp's ``FileResponse`` on the segment path, deliberately, afte
 (``bench/serve.py``): ``FileResponse`` opens, stats and closes every file through the default thread
 pool, and those hand-offs (GIL contention on two busy cores) cost more than the transfer of a 2 MB
 segment from the page cache.  Opening a cached file is a microseconds-long syscall, so it is done
-inline, with ``O_NOFOLLOW`` so the final component can never be a symlink swapped in after the check.
+inline (:mod:`edge.beneath`: one ``openat2`` that refuses any symlink) and the reply built from the
+open descriptor, so what is checked is what is sent.
 The decisions (304, 416, 206 or 200, which bytes) are :mod:`edge.ranges`' pure functions, shared with
 the in-memory path, and come back as a :class:`Reply` holding the open descriptor; the bytes go out
 with ``loop.sendfile`` (or a plain read/write loop when sendfile is off, which the tests exercise as
@@ -57,15 +58,13 @@ class Reply:
             os.close(self.fd)
 
 
-def file_reply(path: str, headers: Mapping[str, str], req_headers: Mapping[str, str]) -> Reply:
-    """Open ``path`` and decide the answer; raises OSError if it cannot be opened.
+def fd_reply(fd: int, st: os.stat_result, headers: Mapping[str, str], req_headers: Mapping[str, str]) -> Reply:
+    """Decide the answer for an open file (``st`` its ``fstat``); takes ownership of ``fd``.
 
     ``req_headers`` are looked up by lower-case name.  The reply owns the descriptor when it has a
-    body to send (200, 206); the caller closes it with :meth:`Reply.close`.
+    body to send (200, 206), and it is closed otherwise; the caller closes it with :meth:`Reply.close`.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
         size = st.st_size
         etag = ranges.etag_for(st.st_mtime_ns, size)
         last_modified = formatdate(st.st_mtime, usegmt=True)

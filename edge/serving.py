@@ -41,11 +41,12 @@ from shared import tokens
 from shared.errors import TokenError
 
 from . import ranges
+from .beneath import Opener, SymlinkRefused
 from .catalog import Catalog
 from .memcache import CachedBody, Key, MemoryCache
 from .metrics import EdgeMetrics
 from .paths import BadPath, ContentRequest, content_type, kind_of, memory_cacheable, parse_content_path
-from .sendfile import Reply, file_reply, send_reply
+from .sendfile import Reply, fd_reply, send_reply
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class ContentServer:
         self.sets_dir = cache_dir / "sets"
         self.sets_dir.mkdir(parents=True, exist_ok=True)
         self._base = os.path.realpath(self.sets_dir)
+        self._opener = Opener(self._base)
         self.catalog = catalog
         self.memory = memory
         self.metrics = metrics
@@ -130,6 +132,7 @@ class ContentServer:
         self._grants: OrderedDict[tuple[str, str], tokens.Grant] = OrderedDict()
         self._paths: OrderedDict[str, tuple[ContentRequest, str]] = OrderedDict()
         self._plain: OrderedDict[Key, tuple[str, str, dict[str, str], bytes]] = OrderedDict()
+        self._plain_files: OrderedDict[Key, tuple[tuple[int, int], dict[str, str], bytes]] = OrderedDict()
         self.on_hit: Callable[[tuple[str, str]], None] | None = None  # popularity for eviction (agent only)
         #: Agent only (it has the index): is this sha256 the manifest's for the file?  False: damaged.
         self.verify_read: Callable[[Key, str], Awaitable[bool]] | None = None
@@ -275,9 +278,9 @@ class ContentServer:
             if any(h in ex.headers for h in _CONDITIONAL):
                 return _from_memory(ex.headers, cached, creq.path, ex.kind)
             return self._plain_reply(key, cached, creq.path, ex.kind)
-        real = os.path.join(self._base, creq.title_id, version, *creq.path.split("/"))
+        rel = f"{creq.title_id}/{version}/{creq.path}"
         try:
-            st = lstat_no_symlinks(self._base, [creq.title_id, version, *creq.path.split("/")])
+            fd = self._opener.open(rel)
         except SymlinkRefused:
             self.metrics.refused.labels("symlink").inc()
             log.warning("refusing %s: a symlink in its file set", creq.token_path)
@@ -285,21 +288,45 @@ class ContentServer:
         except (FileNotFoundError, NotADirectoryError):
             return self._miss(creq, grant, "content")
         except OSError as exc:
-            log.warning("cannot stat %s: %s", real, exc)
+            log.warning("cannot open %s/%s: %s", self._base, rel, exc)
             return self._miss(creq, grant, "health")
-        if not stat.S_ISREG(st.st_mode):
-            return self._miss(creq, grant, "content")
-        if memory_cacheable(creq.path, st.st_size):
-            return PendingRead(real, key, st.st_mtime_ns, creq, ex.kind, grant, ex.headers)
-        self._hit_disk.inc()
-        headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(ex.kind), **CORS_HEADERS}
         try:
-            return file_reply(real, headers, ex.headers)
-        except (FileNotFoundError, NotADirectoryError):  # evicted between the check and the open
-            return self._miss(creq, grant, "content")
-        except OSError as exc:  # O_NOFOLLOW refused a symlink, or the disk failed
-            log.warning("cannot send %s: %s", real, exc)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                return self._miss(creq, grant, "content")
+            if memory_cacheable(creq.path, st.st_size):
+                os.close(fd)
+                return PendingRead(f"{self._base}/{rel}", key, st.st_mtime_ns, creq, ex.kind, grant, ex.headers)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("cannot stat %s/%s: %s", self._base, rel, exc)
             return self._miss(creq, grant, "health")
+        self._hit_disk.inc()
+        if any(h in ex.headers for h in _CONDITIONAL):
+            headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(ex.kind),
+                       **CORS_HEADERS}
+            return fd_reply(fd, st, headers, ex.headers)
+        return self._plain_file_reply(key, fd, st, creq.path, ex.kind)
+
+    def _plain_file_reply(self, key: Key, fd: int, st: os.stat_result, path: str, kind: str) -> Reply:
+        """A 200 with the whole file for a request with no range or conditional header: its header lines
+        depend only on the key and the file's (mtime, size), so they are built and rendered once."""
+        validator = (st.st_mtime_ns, st.st_size)
+        plain = self._plain_files.get(key)
+        if plain is None or plain[0] != validator:
+            headers = {"Content-Type": content_type(path), "Cache-Control": cache_control(kind), **CORS_HEADERS}
+            reply = fd_reply(fd, st, headers, {})
+            rendered = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()).encode("latin-1")
+            self._plain_files[key] = (validator, reply.headers, rendered)
+            if len(self._plain_files) > PLAIN_CACHE:
+                self._plain_files.popitem(last=False)
+            reply.rendered = rendered
+            return reply
+        return Reply(200, plain[1], fd=fd, start=0, stop=st.st_size, rendered=plain[2])
+
+    def close(self) -> None:
+        self._opener.close()
 
     def _plain_reply(self, key: Key, entry: CachedBody, path: str, kind: str) -> Reply:
         """A 200 from memory for a request with no range or conditional header.  Its headers depend only
@@ -356,27 +383,6 @@ async def _respond(request: web.Request, reply: Reply, *, use_sendfile: bool) ->
     if reply.fd < 0:
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body or None)
     return await send_reply(request, reply, use_sendfile=use_sendfile)
-
-
-class SymlinkRefused(Exception):
-    """A component below the cache's sets/ directory is a symlink: never followed."""
-
-
-def lstat_no_symlinks(base: str, parts: list[str]) -> os.stat_result:
-    """lstat each component under ``base``; a symlink anywhere is refused, so nothing outside is read.
-
-    Cheaper than ``realpath`` (no readlink, no string building) and exact: the file served is the
-    one at this path with no indirection at all.
-    """
-    path = base
-    st: os.stat_result | None = None
-    for part in parts:
-        path = f"{path}/{part}"
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise SymlinkRefused(path)
-    assert st is not None
-    return st
 
 
 def path_within(path: str, prefix: str) -> bool:

@@ -3,6 +3,7 @@ paths and hostile tokens (raw sockets, so no client normalises the path first), 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -182,6 +183,18 @@ async def test_symlinks_out_of_the_cache_are_not_followed(raw: Any, seeded: Any,
         status, data = await raw(seeded.port, f"GET /v1/content/{tok}/t1/{path}")
         assert 400 <= status < 500 and SECRET not in data, path
     assert seeded.ctx.metrics.refused.labels("symlink")._value.get() >= 3
+
+
+async def test_a_fifo_or_directory_in_the_cache_is_a_miss_not_a_hang(raw: Any, seeded: Any, tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "sets" / "t1" / "v1"
+    os.mkfifo(root / "hls" / "pipe.m4s")  # opening it for reading would block without O_NONBLOCK
+    (root / "hls" / "dir.m4s").mkdir()
+    tok = seeded.token("t1")
+    for path in ("hls/pipe.m4s", "hls/dir.m4s"):
+        status, _ = await asyncio.wait_for(raw(seeded.port, f"GET /v1/content/{tok}/t1/{path}"), 5)
+        assert status in (302, 404), path
+    status, _ = await raw(seeded.port, f"GET /v1/content/{tok}/t1/hls/master.m3u8")
+    assert status == 200
 
 
 async def test_hostile_tokens_are_refused(seeded: Any) -> None:

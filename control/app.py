@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from shared import topics
 from shared.errors import ConfigError
+from shared.httplimits import ConnectionLimits, GuardedSite
 from shared.messages import REGISTRY, ControlStatus
 from shared.mqtt import Announcement, MqttSession
 from shared.signing import Signer
@@ -27,8 +29,9 @@ from .fleet import Fleet
 from .ingest import IngestMetrics, TelemetryIngest
 from .metrics import ControlMetrics
 from .planner import PlannerConfig
-from .play import trusted_networks
+from .play import client_ip, trusted_networks
 from .popularity import DemandModel, PopularityConfig
+from .ratelimit import RateLimits, client_middleware
 from .registry import RegistryView
 from .steering import MmdbLocator
 from .store import OperatorToken
@@ -43,7 +46,23 @@ PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/enroll", "/v1/events", "/v1/e
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-__all__ = ["CTX", "SOFTWARE", "ControlContext", "build_app"]
+__all__ = ["CTX", "RATE_LIMITS", "SOFTWARE", "ControlContext", "build_app", "make_site"]
+
+# Write routes whose handlers audit every change they make themselves, with the domain's own action
+# and detail (a failed one changed nothing).  Every write on any other route an operator token attempts,
+# and every write refused for the token's role (403), gets an ``api.<method>`` row from the auth
+# middleware; tests/control/test_hostile_api.py walks the route table and checks each write route
+# leaves a row either way.
+SELF_AUDITED = frozenset({
+    ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{name}"), ("POST", "/v1/enrollments"),
+    ("PATCH", "/v1/appliances/{id}"), ("DELETE", "/v1/appliances/{id}"), ("POST", "/v1/appliances/{id}/ping"),
+    ("POST", "/v1/appliances/{id}/drain"), ("POST", "/v1/appliances/{id}/undrain"),
+    ("POST", "/v1/titles"), ("POST", "/v1/fill/plan"), ("POST", "/v1/models"), ("POST", "/v1/deployment"),
+    ("POST", "/v1/deployment/rollback"), ("POST", "/v1/experiments"),
+    ("POST", "/v1/experiments/{experiment_id}/stop"), ("PUT", "/v1/catalog"),
+})
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
+HTTP_REFUSED = web.AppKey("http_refused", Counter)
 
 
 def _is_public(request: web.Request) -> bool:
@@ -89,9 +108,28 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
         found = await store.find_token(token_hash(token))
         return TokenEntry(found.name, found.sha256, found.role) if found else None
 
-    app = web.Application(middlewares=[error_middleware, auth_middleware(check, _is_public)],
-                          client_max_size=config.http.max_body_bytes)
+    async def audit(entry: TokenEntry, method: str, path: str, route: str, status: int) -> None:
+        if (method, route) in SELF_AUDITED and status != 403:
+            return  # its handler audits what it changes (token.create, fill.publish, ...) in the same transaction
+        await store.record_audit(f"operator:{entry.name}", f"api.{method.lower()}", path[:300],
+                                 {"route": route, "status": status})
+
+    def address(request: web.Request) -> str:
+        return client_ip(request.remote, request.headers.get("X-Forwarded-For"), ctx.trusted)
+
+    rl = config.ratelimit
+    limits = RateLimits.create(metrics.registry, operator_rate=rl.operator_rate, operator_burst=rl.operator_burst,
+                               client_rate=rl.client_rate, client_burst=rl.client_burst)
+    app = web.Application(middlewares=[
+        error_middleware,
+        client_middleware(limits, address),
+        auth_middleware(check, _is_public, limit=lambda entry: limits.check("operator", entry.name), audit=audit),
+    ], client_max_size=config.http.max_body_bytes)
     app[CTX] = ctx
+    app[RATE_LIMITS] = limits
+    app[HTTP_REFUSED] = Counter("nearcast_control_http_refused_total", "Connections refused by the HTTP limits "
+                                "(connections: 503, limits: 431, timeout: 408)", ["reason"],
+                                registry=metrics.registry)
     session.subscribe(topics.ALL_STATUS, handlers.status_handler(ctx))
     session.subscribe(topics.ALL_TELEMETRY, handlers.telemetry_handler(ctx))
     session.subscribe(topics.ALL_ACKS, handlers.ack_handler(ctx))
@@ -114,6 +152,21 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     api_recs.add_routes(app)
     app.router.add_static("/web/", Path(__file__).with_name("web") / "static", append_version=False)
     return app
+
+
+def connection_limits(config: ControlConfig) -> ConnectionLimits:
+    h = config.http
+    return ConnectionLimits(max_header_bytes=h.max_header_bytes, header_timeout_s=h.header_timeout_s,
+                            idle_timeout_s=h.idle_timeout_s, max_connections=h.max_connections)
+
+
+def make_site(config: ControlConfig, app: web.Application, runner: web.AppRunner, host: str,
+              port: int) -> web.BaseSite:
+    """The listening site: aiohttp with a header deadline, a head size bound and a connection cap
+    (:mod:`shared.httplimits`); the runner takes ``connection_limits(config).handler_options()``."""
+    refused = app[HTTP_REFUSED]
+    return GuardedSite(runner, host, port, connection_limits(config),
+                       on_refused=lambda reason: refused.labels(reason).inc())
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from typing import Literal
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from shared.errors import ConfigError, Forbidden, Unauthorized
+from shared.errors import ConfigError, Forbidden, NearcastError, Unauthorized
 from shared.files import write_private
+
+log = logging.getLogger(__name__)
 
 Role = Literal["read", "admin"]
 ROLES: tuple[Role, ...] = ("read", "admin")
@@ -93,12 +96,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 OPERATOR = web.RequestKey("operator", TokenEntry)
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Checker = Callable[[str], Awaitable[TokenEntry | None]]
+Limiter = Callable[[TokenEntry], None]
+#: Records one audit row: (operator, method, path, route, status).
+Auditor = Callable[[TokenEntry, str, str, str, int], Awaitable[None]]
 
 
-def auth_middleware(check: Checker, public: Callable[[web.Request], bool]) -> Middleware:
-    """Bearer tokens on everything not ``public``; only ``admin`` may use anything but GET/HEAD/OPTIONS."""
+def auth_middleware(check: Checker, public: Callable[[web.Request], bool], *, limit: Limiter | None = None,
+                    audit: Auditor | None = None) -> Middleware:
+    """Bearer tokens on everything not ``public``; only ``admin`` may use anything but GET/HEAD/OPTIONS.
+
+    ``limit`` is called with the operator once the token is known (it raises to refuse: rate limits).
+    ``audit`` is called after every write an operator token attempts, with the method, path, route and
+    the status answered, refused (403 for a read-only token) and failed ones included; it decides what
+    to record (the control plane skips successful writes whose handlers wrote a domain row themselves).
+    """
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if public(request):
@@ -110,9 +124,31 @@ def auth_middleware(check: Checker, public: Callable[[web.Request], bool]) -> Mi
         entry = await check(token.strip())
         if entry is None:
             raise Unauthorized("invalid operator token")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and entry.role != "admin":
-            raise Forbidden(f"token {entry.name!r} is read-only")
+        if limit is not None:
+            limit(entry)
         request[OPERATOR] = entry
-        return await handler(request)
+        if request.method in READ_METHODS or audit is None:
+            if request.method not in READ_METHODS and entry.role != "admin":
+                raise Forbidden(f"token {entry.name!r} is read-only")
+            return await handler(request)
+        status = 500
+        try:
+            if entry.role != "admin":
+                raise Forbidden(f"token {entry.name!r} is read-only")
+            response = await handler(request)
+            status = response.status
+            return response
+        except NearcastError as exc:
+            status = exc.http_status
+            raise
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            try:
+                await audit(entry, request.method, request.path, resource.canonical if resource else "", status)
+            except Exception:  # the write itself stands; a lost audit row must at least be loud
+                log.exception("could not audit %s %s by %s", request.method, request.path, entry.name)
 
     return middleware

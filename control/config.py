@@ -20,6 +20,29 @@ class HttpSettings:
     shutdown_timeout_s: float = setting(10.0, "On SIGTERM, how long in-flight requests may take to finish.",
                                         check=non_negative)
     max_body_bytes: int = setting(1 << 20, "Largest JSON request body accepted.", check=positive)
+    max_header_bytes: int = setting(16 * 1024, "Largest request head (request line and headers) accepted; "
+                                               "a larger one gets 431 (or 400 for one over-long line).",
+                                    check=positive)
+    header_timeout_s: float = setting(10.0, "How long a client may take to send a whole request head once it "
+                                            "started; slower ones (slowloris) get 408 and are closed.",
+                                      check=positive)
+    idle_timeout_s: float = setting(75.0, "How long an idle keep-alive connection is kept open.", check=positive)
+    max_connections: int = setting(2048, "Open client connections beyond which a new one gets 503 and is closed.",
+                                   check=positive)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    operator_rate: float = setting(200.0, "Requests a second each operator token may make on average "
+                                          "(0: no limit); beyond it, 429 with Retry-After.", check=non_negative)
+    operator_burst: float = setting(2000.0, "Requests an operator token may make at once above its rate.",
+                                    check=positive)
+    client_rate: float = setting(500.0, "Requests a second each client address (IPv6: its /64) may make to the "
+                                        "public client routes (/v1/play, /v1/events, license, enroll, /v1/edges) "
+                                        "and to operator routes without a valid token (0: no limit).",
+                                 check=non_negative)
+    client_burst: float = setting(2000.0, "Requests a client address may make at once above its rate.",
+                                  check=positive)
 
 
 @dataclass(frozen=True)
@@ -146,6 +169,7 @@ class ControlConfig:
     state: StateSettings = section(StateSettings, "Where the control plane keeps its state.")
     mqtt: MqttSettings = section(MqttSettings, "Connection to the MQTT broker.")
     auth: AuthSettings = section(AuthSettings, "Operator authentication.")
+    ratelimit: RateLimitSettings = section(RateLimitSettings, "Token-bucket rate limits on the API.")
     fleet: FleetSettings = section(FleetSettings, "Appliance liveness.")
     security: SecuritySettings = section(SecuritySettings, "URL tokens, manifest signing, enrollment.")
     broker: BrokerSettings = section(BrokerSettings, "What enrolling appliances are told about the broker.")

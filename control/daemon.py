@@ -6,7 +6,7 @@ import asyncio
 
 from shared.web import serve
 
-from .app import build_app
+from .app import build_app, connection_limits, make_site
 from .config import ControlConfig
 
 
@@ -19,4 +19,5 @@ async def run(config: ControlConfig, *, stop: asyncio.Event | None = None) -> No
     url = config.http.public_url or f"http://{config.http.host}:{port}"
     app = build_app(config, api_url=url)
     await serve(app, host=config.http.host, port=port, shutdown_timeout=config.http.shutdown_timeout_s,
-                stop=stop)
+                stop=stop, site=lambda runner, host, p: make_site(config, app, runner, host, p),
+                handler_options=connection_limits(config).handler_options())

@@ -47,10 +47,10 @@ class HttpSettings:
     max_header_bytes: int = setting(16 * 1024, "Largest request head (request line and headers) accepted; "
                                                "a larger one gets 431.", check=positive)
     max_connections: int = setting(10_000, "Open client connections beyond which a new one gets 503 and is "
-                                           "closed (fast path).", check=positive)
+                                           "closed (the fast path's, and aiohttp's own).", check=positive)
     idle_timeout_s: float = setting(75.0, "How long an idle keep-alive connection is kept open.", check=positive)
     header_timeout_s: float = setting(10.0, "How long a client may take to send a whole request head once it "
-                                            "started (slow clients are closed with 408; fast path).",
+                                            "started (slow clients are closed with 408).",
                                       check=positive)
 
 

@@ -439,8 +439,10 @@ class FastSite(web.BaseSite):
     """An aiohttp site whose connections start in :class:`FastProtocol` (the runner's cleanup stops it)."""
 
     def __init__(self, runner: web.BaseRunner, content: ContentServer, host: str, port: int, *,
-                 limits: Limits = Limits(), shutdown_timeout: float = 10.0, reuse_port: bool = False) -> None:
+                 limits: Limits = Limits(), shutdown_timeout: float = 10.0, reuse_port: bool = False,
+                 handover: Callable[[web.Server], Callable[[], asyncio.Protocol]] | None = None) -> None:
         super().__init__(runner)
+        self._handover = handover  # wraps aiohttp's protocol factory for handed-over connections
         self.content = content
         self.limits = limits
         self._host = host
@@ -463,7 +465,7 @@ class FastSite(web.BaseSite):
         self.loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        self.factory = server
+        self.factory = server if self._handover is None else self._handover(server)
         self._server = await self.loop.create_server(lambda: FastProtocol(self), self._host, self._port,
                                                      reuse_address=True, reuse_port=self._reuse_port or None,
                                                      backlog=1024)

@@ -63,15 +63,31 @@ def metrics_handler(registry: CollectorRegistry) -> Handler:
     return handle
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole request body, or 413 once it passes ``max_bytes``.
+
+    ``StreamReader.read(n)`` returns what has arrived so far, not ``n`` bytes: a body that comes in
+    more than one TCP segment must be read until its end.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(max_bytes + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
+        chunks.append(chunk)
+
+
 async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> object:
     """The request body as JSON, bounded, with a clear 4xx for anything else."""
     from .errors import InvalidInput
 
     if request.content_length is not None and request.content_length > max_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
-    data = await request.content.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(data))
+    data = await read_body(request, max_bytes)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):

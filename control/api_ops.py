@@ -185,9 +185,16 @@ async def ping_appliance(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     aid = check_id(request.match_info["id"], "appliance id")
     _known(ctx, aid)
-    msg_id = await ctx.session.publish(topics.appliance_commands(aid), Ping("operator ping"))
+    msg_id = await _command(ctx, aid, Ping("operator ping"))
     await ctx.store.record_audit(actor(request), "appliance.ping", aid, {"command_id": msg_id})
     return web.json_response({"command_id": msg_id}, status=202)
+
+
+async def _command(ctx: ControlContext, aid: str, body: Any) -> str:
+    """Through the on-disk outbox (a broker outage delays the command, never loses it)."""
+    if ctx.commands is not None:
+        return await ctx.commands.send(aid, body)
+    return await ctx.session.publish(topics.appliance_commands(aid), body)
 
 
 async def drain_appliance(request: web.Request) -> web.Response:
@@ -198,7 +205,7 @@ async def drain_appliance(request: web.Request) -> web.Response:
     record = _known(ctx, aid)
     if record is not None:
         ctx.registry.put(await ctx.store.set_draining(aid, draining, actor=actor(request)))
-    msg_id = await ctx.session.publish(topics.appliance_commands(aid), SetDraining(draining))
+    msg_id = await _command(ctx, aid, SetDraining(draining))
     if record is None:
         await ctx.store.record_audit(actor(request), "appliance.drain" if draining else "appliance.undrain", aid,
                                      {"command_id": msg_id, "enrolled": False})

@@ -203,9 +203,14 @@ async def _geoip(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
+    from .commands import CommandOutbox
+
     ctx = app[CTX]
+    ctx.commands = CommandOutbox(ctx.config.state.dir / "spool" / "commands", ctx.session, ctx.metrics.registry)
+    await ctx.commands.start()
     await ctx.session.start()
     yield
+    await ctx.commands.stop()
     await ctx.session.stop()
 
 

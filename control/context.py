@@ -27,6 +27,7 @@ from .store import Store
 
 if TYPE_CHECKING:  # the encoder stack (PyAV, numpy) is imported by the ingest routes, not here
     from .bundles import BundleRepo
+    from .commands import CommandOutbox
     from .deploy import DeployService
     from .jobs import IngestJobs
     from .recs_service import RecsService
@@ -60,6 +61,8 @@ class ControlContext:
     #: Sealed edge model bundles and their rollout (``api_models.lifecycle``).
     bundles: BundleRepo | None = None
     deploy: DeployService | None = None
+    #: Commands to appliances, spooled on disk until the broker has them (``control.commands``).
+    commands: CommandOutbox | None = None
 
 
 CTX = web.AppKey("control", ControlContext)

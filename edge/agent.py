@@ -64,6 +64,7 @@ class EdgeAgent:
             birth=Announcement(topics.appliance_status(aid), self.status("online")),
             will=Announcement(topics.appliance_status(aid), self.status("offline")),
             ack_topic=topics.appliance_acks(aid),
+            persistent=True,  # commands sent while this appliance is away wait for it on the broker
         )
         self.session.subscribe(topics.appliance_commands(aid), self._on_command)
         self.session.subscribe(f"{topics.ROOT}/appliances/{aid}/desired/+", self._on_desired)

@@ -51,10 +51,18 @@ def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> int:
             db.execute(f"PRAGMA user_version={number}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         log.info("database migrated to v%d", number)
     return len(migrations)
+
+
+def _rollback(db: sqlite_utils.Database) -> None:
+    """Roll back what is still open.  SQLite has already rolled back on some errors (SQLITE_FULL on a full
+    disk, SQLITE_IOERR, SQLITE_NOMEM); a ROLLBACK then fails with 'no transaction is active', which would
+    replace the error that says what went wrong."""
+    if db.conn.in_transaction:
+        db.execute("ROLLBACK")
 
 
 class Database:
@@ -136,7 +144,7 @@ class Database:
                         result = fn(db)
                         db.execute("COMMIT")
                     except BaseException:
-                        db.execute("ROLLBACK")
+                        _rollback(db)
                         raise
                 except BaseException as exc:
                     loop.call_soon_threadsafe(_set_exception, fut, exc)

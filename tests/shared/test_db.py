@@ -66,3 +66,35 @@ async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path: Path) -
     with pytest.raises(RuntimeError, match="newer than this software"):
         await old.open()
     await old.close()
+
+
+async def test_a_full_disk_fails_the_write_with_its_own_error_and_the_database_goes_on(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself on SQLITE_FULL; the writer must not hide that error behind a
+    'cannot rollback' of its own, and must keep working once there is room again (a real 1 MiB tmpfs)."""
+    import os
+    import sqlite3
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    where = tmp_path / "tiny"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[:200]}")
+    try:
+        ballast = where / "ballast"
+        ballast.write_bytes(b"\0" * 600_000)
+        db = Database(where / "x.db", [_v1, _v2])
+        await db.open()
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            for i in range(1000):
+                await db.write(lambda c, i=i: c["items"].insert({"id": i, "name": "x" * 20_000, "size": i}))
+        ballast.unlink()
+        await db.write(lambda c: c["items"].insert({"id": 10_000, "name": "after", "size": 0}))
+        names = await db.read(lambda c: [r["name"] for r in c["items"].rows_where("id = 10000")])
+        assert names == ["after"]
+        await db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

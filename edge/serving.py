@@ -33,7 +33,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -126,9 +125,8 @@ class ContentServer:
         self.follow_catalog_file = follow_catalog_file
         self.in_flight = 0
         self.use_sendfile = True
-        self._hit_memory = metrics.hits.labels("memory")
-        self._hit_disk = metrics.hits.labels("disk")
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._stats = metrics.serving
+        self._hits = metrics.serving.hits
         self._grants: OrderedDict[tuple[str, str], tokens.Grant] = OrderedDict()
         self._paths: OrderedDict[str, tuple[ContentRequest, str]] = OrderedDict()
         self._plain: OrderedDict[Key, tuple[str, str, dict[str, str], bytes]] = OrderedDict()
@@ -156,7 +154,7 @@ class ContentServer:
         self.in_flight -= 1
         status = "499" if aborted or reply is None else str(reply.status)
         sent = 0 if aborted or reply is None else reply.body_bytes(ex.method)
-        self._count(status, ex.kind, sent, time.perf_counter() - started)
+        self._stats.record(status, ex.kind, sent, time.perf_counter() - started)
         if ex.title and not aborted and reply is not None and reply.status < 400:
             self.metrics.demand.add(ex.title, sent)
 
@@ -199,7 +197,7 @@ class ContentServer:
         entry = CachedBody.of(body, pending.mtime_ns)
         self.memory.put(pending.key, entry)
         self.metrics.memory_cache_bytes.set(self.memory.used)
-        self._hit_disk.inc()
+        self._hits["disk"] += 1
         return _from_memory(pending.headers, entry, pending.creq.path, pending.kind)
 
     def add_routes(self, app: web.Application) -> None:
@@ -227,18 +225,6 @@ class ContentServer:
             if reply is not None:
                 reply.close()
             self.end(ex, reply, started, aborted=aborted)
-
-    def _count(self, status: str, kind: str, sent: int, elapsed: float) -> None:
-        # Resolving label children costs more than the increments; keep them per (status, kind).
-        children = self._children.get((status, kind))
-        if children is None:
-            children = (self.metrics.requests.labels(status, kind), self.metrics.bytes_sent.labels(status, kind),
-                        self.metrics.latency.labels(kind))
-            self._children[(status, kind)] = children
-        children[0].inc()
-        if sent:
-            children[1].inc(sent)
-        children[2].observe(elapsed)
 
     def _verify(self, creq: ContentRequest, client_ip: str) -> tokens.Grant:
         keys = self.options.token_keys
@@ -274,7 +260,7 @@ class ContentServer:
             self.on_hit((creq.title_id, version))
         cached = self.memory.get(key)
         if cached is not None:
-            self._hit_memory.inc()
+            self._hits["memory"] += 1
             if any(h in ex.headers for h in _CONDITIONAL):
                 return _from_memory(ex.headers, cached, creq.path, ex.kind)
             return self._plain_reply(key, cached, creq.path, ex.kind)
@@ -302,7 +288,7 @@ class ContentServer:
             os.close(fd)
             log.warning("cannot stat %s/%s: %s", self._base, rel, exc)
             return self._miss(creq, grant, "health")
-        self._hit_disk.inc()
+        self._hits["disk"] += 1
         if any(h in ex.headers for h in _CONDITIONAL):
             headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(ex.kind),
                        **CORS_HEADERS}

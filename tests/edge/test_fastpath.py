@@ -52,8 +52,9 @@ async def test_pipelined_requests_and_keep_alive_across_segment_and_manifest(fas
     writer.write(get(man))  # still open after all of that
     assert (await read_response(reader))[2] == MASTER
     writer.close()
-    assert fast.ctx.metrics.requests.labels("200", "segment")._value.get() == 1
-    assert fast.ctx.metrics.bytes_sent.labels("200", "segment")._value.get() == len(SEGMENT)
+    sample = fast.ctx.metrics.registry.get_sample_value
+    assert sample("nearcast_edge_http_requests_total", {"status": "200", "kind": "segment"}) == 1
+    assert sample("nearcast_edge_http_response_bytes_total", {"status": "200", "kind": "segment"}) == len(SEGMENT)
     assert fast.ctx.metrics.demand.titles["t1"][0] == 6
 
 
@@ -82,7 +83,8 @@ async def test_a_body_the_socket_does_not_take_at_once_is_finished_by_a_task(
     assert calls[:3] == [(100, len(SEGMENT) - 100), (1100, len(SEGMENT) - 1100), (1100, len(SEGMENT) - 1100)]
     assert (await read_response(reader))[2] == MASTER  # the pipelined request waited for the task
     writer.close()
-    assert fast.ctx.metrics.bytes_sent.labels("206", "segment")._value.get() == len(SEGMENT) - 100
+    assert fast.ctx.metrics.registry.get_sample_value(
+        "nearcast_edge_http_response_bytes_total", {"status": "206", "kind": "segment"}) == len(SEGMENT) - 100
 
 
 async def test_head_length_and_connection_close(fast: Any) -> None:

@@ -10,6 +10,9 @@ On disk (``rerank.models_dir``)::
 
     downloads/V.ncb[.part]   a bundle being fetched (``.part`` is resumed with a Range request)
     versions/V/              verified, unpacked bundles: the active one and the previous one
+    versions/.V.*.removing   a version being deleted: renamed out of the way first, so a crash (even
+                             SIGKILL) mid-delete never leaves a half-deleted ``versions/V`` to be
+                             taken for a whole one; removed at start-up
     state.json               {"active": V, "previous": U}, written atomically, read at start-up
 
 A rollback is an ordinary desired state naming the previous version: its directory is still there (it
@@ -23,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -116,6 +120,25 @@ def warm_up(model: LoadedModel) -> None:
         raise ModelError(f"model {model.version}: warm-up gave non-finite or misshapen scores")
 
 
+REMOVING_SUFFIX = ".removing"
+
+
+def discard_dir(path: Path) -> None:
+    """Delete a version directory so that no crash leaves it half deleted under its own name.
+
+    ``rmtree`` removes file by file: killed halfway, it would leave ``versions/V`` with some files
+    gone, which a later rollback to V would load as if it were whole.  One rename takes the name away
+    first (atomic); the files go after, and a crash leaves only a dot-named leftover that start-up
+    removes.  Blocking: call from a worker thread.
+    """
+    doomed = path.with_name(f".{path.name}.{secrets.token_hex(6)}{REMOVING_SUFFIX}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @dataclass
 class _Want:
     env: Envelope[Any]
@@ -172,6 +195,8 @@ class ModelManager:
         for sub in ("downloads", "versions"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         clean_staging(self.dir / "versions")
+        for path in (self.dir / "versions").glob(f".*{REMOVING_SUFFIX}"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def _read_state(self) -> dict[str, Any]:
         try:
@@ -223,17 +248,25 @@ class ModelManager:
             return False
         try:
             target = self._version_dir(desc.version)
-            if not target.is_dir():
+            model = None
+            if target.is_dir():  # unpacked before (a rollback): verified then, reused without a download
+                try:
+                    model = await asyncio.to_thread(load_model, target, desc.version)
+                except ModelError as exc:  # damaged on disk since: the bundle itself may well be fine
+                    log.warning("model %s: the unpacked copy does not load (%s); fetching the bundle again",
+                                desc.version, exc)
+                    await asyncio.to_thread(discard_dir, target)
+            if model is None:
                 bundle = await self._download(desc)
                 try:
                     await asyncio.to_thread(open_bundle, bundle, desc, self.public_keys, target)
                 finally:
                     bundle.unlink(missing_ok=True)  # refused: the same bytes would be refused again
-            try:
-                model = await asyncio.to_thread(load_model, target, desc.version)
-            except ModelError:
-                await asyncio.to_thread(shutil.rmtree, target, True)
-                raise
+                try:
+                    model = await asyncio.to_thread(load_model, target, desc.version)
+                except ModelError:
+                    await asyncio.to_thread(discard_dir, target)
+                    raise
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             self.metrics.model_loads.labels("retry").inc()
             log.warning("model %s: download failed, will retry: %s", desc.version, exc)
@@ -268,7 +301,7 @@ class ModelManager:
         keep = {self.version, self.previous}
         for path in (self.dir / "versions").iterdir():
             if path.name not in keep and not path.name.startswith("."):
-                shutil.rmtree(path, ignore_errors=True)
+                discard_dir(path)
 
     async def _download(self, desc: ModelDescriptor) -> Path:
         """Fetch to ``downloads/V.ncb``, resuming a ``.part`` left by an interrupted attempt."""

@@ -299,3 +299,105 @@ async def test_desired_model_over_the_real_broker(edge: Any, watch: Any, keys: A
         assert 'nearcast_edge_model_loads_total{result="refused"} 1.0' in text
     finally:
         w.publish(topic, b"", retain=True)
+
+
+async def test_a_damaged_unpacked_version_is_fetched_again_not_refused(
+        running: tuple[Harness, ModelManager], repo: Repo) -> None:
+    """A rollback target whose directory lost files (a crash mid-delete, a bad disk) is re-downloaded."""
+    h, mgr = running
+    d1, d2 = repo.publish("v1"), repo.publish("v2")
+    for desc in (d1, d2):
+        env = h.env(desc)
+        await mgr.apply(env)
+        assert (await h.until_final(env.id)).status == "done"
+    (h.dir / "versions" / "v1" / bundle.METADATA_NAME).unlink()
+    downloads = len(repo.requests)
+    env = h.env(d1)
+    await mgr.apply(env)
+    ack = await h.until_final(env.id)
+    assert ack.status == "done" and ack.detail["model_version"] == "v1", ack
+    assert len(repo.requests) == downloads + 1 and (h.dir / "versions" / "v1" / bundle.METADATA_NAME).is_file()
+
+
+PAD_FILES = 5000
+_SWAP_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from edge.metrics import EdgeMetrics
+from edge.models import ModelManager
+from shared.envelope import Envelope
+from shared.messages import DesiredModel, ModelDescriptor
+from shared.signing import parse_public_keys
+
+async def main() -> None:
+    async def send(ack): pass
+    mgr = ModelManager(Path(sys.argv[1]), parse_public_keys(json.loads(sys.argv[2])), EdgeMetrics(), send)
+    await mgr.start()
+    desc = ModelDescriptor(**json.loads(sys.argv[3]))
+    await mgr.apply(Envelope("desired.model", 1, "k1", "control", 0.0, DesiredModel(1, desc)))
+    await mgr.run()
+
+asyncio.run(main())
+"""
+
+
+async def test_sigkill_while_an_old_version_is_deleted_leaves_no_half_deleted_version(
+        tmp_path: Path, repo: Repo) -> None:
+    """v1 → v2, then v3 in a real process killed (SIGKILL) while it deletes v1 (made slow to delete):
+    ``versions/v1`` is gone or whole, never half deleted, and a later rollback to v1 gets all of it."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    h = Harness(tmp_path / "models", repo)
+    mgr = h.manager()
+    await mgr.start()
+    tasks = TaskGroup("test-models")
+    tasks.spawn(mgr.run(), name="models")
+    d1 = repo.publish("v1")
+    for desc in (d1, repo.publish("v2")):
+        env = h.env(desc)
+        await mgr.apply(env)
+        assert (await h.until_final(env.id)).status == "done"
+    await tasks.aclose()
+    await mgr.stop()
+    v1 = h.dir / "versions" / "v1"
+    whole = sorted(p.name for p in v1.iterdir())
+    (v1 / "pad").mkdir()
+    for i in range(PAD_FILES):  # enough files that deleting them takes a while
+        (v1 / "pad" / f"{i}").write_bytes(b"x")
+    keys = {repo.signer.key_id: repo.signer.public_key_b64()}
+    proc = subprocess.Popen([sys.executable, "-c", _SWAP_SCRIPT, str(h.dir), json.dumps(keys),
+                             json.dumps(dataclasses.asdict(repo.publish("v3")))])
+    try:
+        for _ in range(30_000):  # the swap persists state.json, then deletes v1: kill as soon as that starts
+            try:
+                if sorted(p.name for p in v1.iterdir()) != sorted([*whole, "pad"]) \
+                        or len(os.listdir(v1 / "pad")) < PAD_FILES:
+                    break
+            except FileNotFoundError:
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise AssertionError("v1 was never deleted")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert not v1.exists() or (len(os.listdir(v1 / "pad")) == PAD_FILES
+                               and sorted(p.name for p in v1.iterdir()) == sorted([*whole, "pad"]))
+    again = h.manager()
+    await again.start()
+    tasks = TaskGroup("test-models")
+    tasks.spawn(again.run(), name="models")
+    try:
+        assert again.version == "v3" and not [p for p in (h.dir / "versions").iterdir() if p.name.startswith(".")]
+        env = h.env(d1)
+        await again.apply(env)
+        assert (await h.until_final(env.id)).status == "done" and again.version == "v1"
+        assert set(whole) <= {p.name for p in v1.iterdir()}  # the bundle's files: refetched, or never touched
+    finally:
+        await tasks.aclose()
+        await again.stop()

@@ -2,9 +2,15 @@
 
 The control plane's desired state comes first: a set in the current plan is never evicted (least of
 all one a fill has just written for it).  Everything held beyond the plan is kept while there is room
-(it still serves hits) and, when room is needed, goes in order: abandoned partial fills first, then
-complete sets by a popularity-aware recency score — last access pushed later by ``log2(1 + hits)``
-half-lives, so a set watched a lot recently outlives one touched once a moment ago.
+(it still serves hits) and, when room is needed, goes in order: what serves nothing first — abandoned
+partial fills, and superseded versions (complete, but an appliance serves only the newest complete
+version of a title) — then complete sets by a popularity-aware recency score: last access pushed
+later by ``log2(1 + hits)`` half-lives, so a set watched a lot recently outlives one touched once a
+moment ago.
+
+Superseded versions must go before the version that replaced them whatever their past popularity:
+evicting the newer one would make the catalog fall back to the older, serving again a version the
+appliance had already replaced (a stale serve).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class HeldSet:
     hits: int
     last_access: float
     complete: bool
+    #: Complete, but a newer complete version of the same title is the one served.
+    superseded: bool = False
 
 
 def retention_score(held: HeldSet, *, half_life_s: float) -> float:
@@ -42,7 +50,7 @@ def choose_evictions(held: Iterable[HeldSet], *, planned: set[SetKey], capacity:
     if free >= need:
         return []
     candidates = sorted((h for h in items if h.key not in planned),
-                        key=lambda h: (h.complete, retention_score(h, half_life_s=half_life_s)))
+                        key=lambda h: (h.complete and not h.superseded, retention_score(h, half_life_s=half_life_s)))
     chosen: list[SetKey] = []
     for h in candidates:
         chosen.append(h.key)

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -336,7 +336,9 @@ class FillAgent:
     async def _make_room(self, key: SetKey, need: int) -> None:
         if need <= 0:
             return
-        held = [r.held() for r in await self.store.sets() if r.key != key]
+        served = self.store.catalog.snapshot()  # title -> the one version it serves
+        held = [replace(r.held(), superseded=r.state == "complete" and served.get(r.title_id, r.version) != r.version)
+                for r in await self.store.sets() if r.key != key]
         victims = choose_evictions(held, planned=self.planned, capacity=self.store.capacity, need=need,
                                    half_life_s=self.options.eviction_half_life_s)
         if victims is None:

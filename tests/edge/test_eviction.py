@@ -31,3 +31,12 @@ def test_partial_fills_go_first_then_least_valuable() -> None:
 def test_recency_breaks_ties_in_popularity() -> None:
     held = [h("new", 10, hits=5, last=500.0), h("old", 10, hits=5, last=100.0)]
     assert choose_evictions(held, planned=set(), capacity=20, need=10) == [("old", "v1")]
+
+
+def test_superseded_versions_go_before_the_version_that_replaced_them_however_popular() -> None:
+    old = HeldSet(("ta", "v1"), 10, 1000, 100.0, True, superseded=True)
+    new = HeldSet(("ta", "v2"), 10, 1, 200.0, True)
+    cold = HeldSet(("tb", "v1"), 10, 0, 0.0, True)
+    assert choose_evictions([new, old, cold], planned=set(), capacity=30, need=10) == [("ta", "v1")]
+    assert choose_evictions([new, old, cold], planned=set(), capacity=30, need=30) == [
+        ("ta", "v1"), ("tb", "v1"), ("ta", "v2")]

@@ -207,3 +207,30 @@ async def test_fill_waits_for_its_window_and_oversized_manifests_are_refused(
     ack = final_ack(w, env2)
     assert ack.status == "failed" and "larger than 2000 bytes" in ack.detail["file_sets"]["tb/v1"]["reason"]
     assert [p for p, _ in origin.requests] == ["/manifests/tb/v1.json"]
+
+
+async def test_room_is_made_from_superseded_versions_first_never_by_reviving_one(
+        keys: Any, origin: Any, file_set: Any, watch: Any, edge_factory: Any) -> None:
+    """ta/v1, much watched, then replaced by ta/v2; a third set needs room for one of them.  Popularity
+    alone would keep v1 and evict v2, and the catalog would fall back to serving v1 again: a version
+    this appliance had already replaced (stale).  A superseded version goes first instead."""
+    v1, v2, other = ({"a/seg.m4s": os.urandom(300_000)} for _ in range(3))
+    file_set(origin.root, keys.signer, "ta", "v1", v1)
+    file_set(origin.root, keys.signer, "ta", "v2", v2)
+    file_set(origin.root, keys.signer, "tb", "v1", other)
+    edge = await edge_factory(cache={"capacity_bytes": 700_000})
+    aid = edge.ctx.config.appliance.id
+    w = watch(aid)
+    env = publish_desired(w, aid, 1, [ref(origin, "ta", "v1", ["good"], v1)])
+    await w.wait(lambda: final_ack(w, env) is not None)
+    for _ in range(50):
+        assert await fetch(edge, "ta", "a/seg.m4s") == (200, v1["a/seg.m4s"])
+    env = publish_desired(w, aid, 2, [ref(origin, "ta", "v2", ["good"], v2)])
+    await w.wait(lambda: final_ack(w, env) is not None)
+    assert await fetch(edge, "ta", "a/seg.m4s") == (200, v2["a/seg.m4s"])
+    await edge.ctx.store.flush_hits()  # what housekeeping does every few seconds
+    env = publish_desired(w, aid, 3, [ref(origin, "tb", "v1", ["good"], other)])
+    await w.wait(lambda: final_ack(w, env) is not None)
+    assert final_ack(w, env).status == "done"
+    assert {r.key for r in await edge.ctx.store.sets()} == {("ta", "v2"), ("tb", "v1")}
+    assert await fetch(edge, "ta", "a/seg.m4s") == (200, v2["a/seg.m4s"])

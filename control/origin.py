@@ -91,6 +91,7 @@ def content_path(origin_dir: Path, title_id: str, relative: str) -> Path:
         raise NotFound("no such file")
     root = (origin_dir / title_id).resolve()
     path = (root / relative).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    # A symlink may not lead out of the title, nor the title's own directory out of the origin.
+    if not root.is_relative_to(origin_dir.resolve()) or not path.is_relative_to(root) or not path.is_file():
         raise NotFound("no such file")
     return path

@@ -15,8 +15,9 @@ a ``Range``) and checks every 200/206 body against the file-set manifests:
   sequential, so "already" is well defined), or, once the plan reports done, any version but the plan's;
 * a miss (302 to the fallback) or a refused connection while the edge is down is fine; a 5xx is not.
 
-Each kill is at a uniform moment in [0.2, 3.5] s after the process was spawned, so some land in its
-start-up (recovery and re-verification of interrupted fills), most in fills, evictions and swaps.
+A quarter of the kills land at a uniform moment of the start-up (recovery and re-verification of
+interrupted fills); the others at a uniform moment in the 2.5 s after the edge answers ``/healthz``
+(fills, evictions, swaps of versions).
 While the edge is dead, the disk is checked directly: every set ``served.json`` names is complete and
 verified under ``sets/``, and no file under ``sets/`` differs from its manifest.  At the end the edge
 runs undisturbed until the last plan is done and every file of it is served intact.
@@ -43,8 +44,9 @@ NAME = "edge_kill_fill"
 TITLES = ("ta", "tb", "tc")
 SEGMENTS = 4
 RATE_BPS = 8_000_000  # 1 MB/s: a generation (~2.4 MB) takes a few lives of the edge to fill
-KILL_WINDOW_S = (0.2, 3.5)
-NEW_PLAN_MID_FILL = 0.15  # chance per trial of replacing the plan before the current one is done
+KILL_WINDOW_S = (0.0, 2.5)  # after the edge answers /healthz
+STARTUP_KILL_SHARE = 0.25  # trials whose kill lands at a uniform moment of the start-up instead
+NEW_PLAN_MID_FILL = 0.1  # chance per trial of replacing the plan before the current one is done
 
 
 @dataclass
@@ -290,6 +292,13 @@ def settle(pending: set[tuple[str, str, str]], requests: list[tuple[str, str]], 
             detail["files_kept"] += 1
 
 
+def _healthy(edge: Edge) -> bool:
+    try:
+        return http_get(f"{edge.url}/healthz", timeout=0.5).status == 200
+    except (OSError, HTTPException):
+        return False
+
+
 def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
     started = time.monotonic()
     rng = random.Random(seed)
@@ -312,6 +321,7 @@ def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
         plan.publish_next()
         reader = Reader(edge, origin, cat, tally, seed + 1)
         reader.start()
+        startup_s = 1.5  # how long a start takes here, measured as it goes
         pending: set[tuple[str, str, str]] = set()  # files a kill left verified in fill/, not yet refetched
         try:
             for trial in range(trials):
@@ -324,23 +334,21 @@ def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
                 mark = origin.log.mark()
                 edge.spawn()
                 spawned = time.monotonic()
-                delay = rng.uniform(*KILL_WINDOW_S)
-                healthy_at: float | None = None
-                while time.monotonic() - spawned < delay:
-                    if healthy_at is None:
-                        try:
-                            if http_get(f"{edge.url}/healthz", timeout=0.5).status == 200:
-                                healthy_at = time.monotonic()
-                        except (OSError, HTTPException):
-                            pass
-                    time.sleep(0.02)
+                if rng.random() < STARTUP_KILL_SHARE:  # somewhere in start-up (recovery, re-verification)
+                    time.sleep(rng.uniform(0.05, startup_s))
+                    healthy = _healthy(edge)
+                else:  # somewhere in the fills, evictions and swaps that follow
+                    edge.wait_healthy()
+                    startup_s = 0.7 * startup_s + 0.3 * (time.monotonic() - spawned)
+                    time.sleep(rng.uniform(*KILL_WINDOW_S))
+                    healthy = True
                 code = edge.kill()
                 detail["kills"] += 1
                 if code != -9:
                     result.failures.append(f"trial {trial}: the edge had exited with {code} before the kill:\n"
                                            f"{edge.log()}")
                     break
-                if healthy_at is None:
+                if not healthy:
                     detail["kills_in_startup"] += 1
                 settle(pending, origin.log.since(mark), edge.cache_dir, detail)
                 for problem in check_disk(edge.cache_dir, cat):
@@ -392,6 +400,6 @@ SCENARIO = Scenario(
     description="SIGKILL an edge at random moments while it fills (and evicts, and replaces stale versions); "
                 "a reader checks every body served against the manifests",
     run=run,
-    fast_trials=5,
+    fast_trials=4,
     full_trials=200,
 )

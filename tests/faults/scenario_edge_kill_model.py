@@ -229,6 +229,6 @@ SCENARIO = Scenario(
     description="SIGKILL an edge at random moments of model swaps and rollbacks (download, verify, unpack, "
                 "load, swap, persist) and of its start-up; the model in use is always a whole, verified bundle",
     run=run,
-    fast_trials=5,
+    fast_trials=4,
     full_trials=60,
 )

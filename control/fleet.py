@@ -25,6 +25,8 @@ class ApplianceLive:
     telemetry_seq: int = 0
     #: The appliance's own load gauge (share of its serving capacity in use), from telemetry.
     load: float = 0.0
+    #: When the appliance's process started, by its clock: statuses of one run are ordered by their time.
+    started_at: float = 0.0
 
     def online(self, now: float, ttl_s: float) -> bool:
         return self.state in ("online", "draining") and now - self.last_seen <= ttl_s
@@ -45,13 +47,16 @@ class Fleet:
     def on_status(self, appliance_id: str, status: ApplianceStatus, ts: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
         current = self._apps.get(appliance_id)
-        if current is not None and ts < current.status_ts:
-            return  # an older status delivered late
+        if current is not None and status.started_at == current.started_at and ts < current.status_ts:
+            return  # an older status of the same run, delivered late
+        # A status of another run is newer whatever its time says: the broker delivers an appliance's
+        # statuses in order, and a restarted appliance's clock may be behind its previous run's (skew,
+        # a clock stepped back), which would otherwise hide its return until the clock caught up.
         self._apps[appliance_id] = ApplianceLive(
             appliance_id, status.state, status.http_url, status.software,
             last_seen=now if status.state != "offline" else (current.last_seen if current else 0.0),
             status_ts=ts, telemetry_seq=current.telemetry_seq if current else 0,
-            load=current.load if current else 0.0)
+            load=current.load if current else 0.0, started_at=status.started_at)
         self.version += 1
 
     def on_telemetry(self, appliance_id: str, sample: Telemetry, now: float | None = None) -> None:

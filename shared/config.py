@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -102,8 +103,8 @@ def _coerce(tp: Any, value: Any, *, from_env: bool) -> Any:
                 value = float(value)
             except ValueError:
                 raise ValueError("expected a number") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError("expected a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ValueError("expected a number")  # NaN is no setting's value
         return float(value)
     if tp is str:
         if not isinstance(value, str):

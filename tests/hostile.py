@@ -5,9 +5,12 @@ one to at least N examples (the thorough run quoted in CHANGELOG.md uses 10000).
 
 from __future__ import annotations
 
+import json
 import os
 
 from hypothesis import strategies as st
+
+from shared.messages import REGISTRY
 
 THOROUGH = int(os.environ.get("NEARCAST_HOSTILE_EXAMPLES", "0") or 0)
 
@@ -28,3 +31,31 @@ json_leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.float
              | st.text(max_size=12))
 json_values = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=12)
+
+
+def mqtt_payload(data: st.DataObject, owner: str) -> bytes:
+    """A message for a topic of appliance ``owner``: a typed body of any registered message type (often
+    from the owner, sometimes from someone else), a raw envelope with a random body, or random bytes."""
+    form = data.draw(st.sampled_from(["typed", "typed", "raw-envelope", "bytes"]))
+    if form == "bytes":
+        return data.draw(st.binary(max_size=300))
+    mtype = data.draw(st.sampled_from(REGISTRY.names()))
+    sender = data.draw(st.sampled_from([owner, owner, "control", "edge-other"]))
+    if form == "typed":
+        try:
+            return REGISTRY.encode(data.draw(st.from_type(REGISTRY.get(mtype).body)), sender=sender)
+        except Exception:  # the type has no strategy (Any fields) or its own checks refuse the body
+            pass
+    doc = {"type": mtype, "v": data.draw(st.sampled_from([1, 1, 2, "1"])), "id": data.draw(st.text(max_size=8)),
+           "sender": sender, "ts": data.draw(st.floats(allow_nan=False, allow_infinity=False) | json_leaf),
+           "body": data.draw(json_values)}
+    return json.dumps(doc).encode()
+
+
+def mqtt_received(url: str) -> dict[str, float]:
+    """A daemon's ``nearcast_mqtt_messages_received_total`` by result, from its /metrics."""
+    from tests.faults.harness import metrics
+
+    m = metrics(url)
+    return {r: m.get(f'nearcast_mqtt_messages_received_total{{result="{r}"}}', 0.0)
+            for r in ("ok", "rejected", "failed")}

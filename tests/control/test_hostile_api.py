@@ -25,8 +25,8 @@ from control.encode.crypto import TitleKey, new_key, write_key
 from shared import tokens, topics
 from shared.messages import REGISTRY
 from tests.edge.conftest import Watcher
-from tests.faults.harness import Control, Stack, http_json, metrics, until
-from tests.hostile import examples, hostile_text, json_leaf, json_values
+from tests.faults.harness import Control, Stack, http_json, until
+from tests.hostile import examples, hostile_text, json_leaf, json_values, mqtt_payload, mqtt_received
 
 from .conftest import Harness, make_origin_title
 
@@ -254,38 +254,11 @@ def test_license_only_for_a_valid_play_token_of_that_title(plane: Plane, title: 
 
 
 # -- MQTT: every payload on every subscribed topic is handled or rejected, never a handler failure -------
-MESSAGE_TYPES = REGISTRY.names()
-
-
-def _payload(data: st.DataObject, aid: str) -> bytes:
-    form = data.draw(st.sampled_from(["typed", "typed", "raw-envelope", "bytes"]))
-    if form == "bytes":
-        return data.draw(st.binary(max_size=300))
-    mtype = data.draw(st.sampled_from(MESSAGE_TYPES))
-    sender = data.draw(st.sampled_from([aid, aid, "control", "edge-other"]))
-    if form == "typed":
-        try:
-            body = data.draw(st.from_type(REGISTRY.get(mtype).body))
-            return REGISTRY.encode(body, sender=sender)
-        except Exception:  # the type has no strategy (Any fields) or its own checks refuse the body
-            pass
-    doc = {"type": mtype, "v": data.draw(st.sampled_from([1, 1, 2, "1"])), "id": data.draw(st.text(max_size=8)),
-           "sender": sender, "ts": data.draw(st.floats(allow_nan=False, allow_infinity=False) | json_leaf),
-           "body": data.draw(json_values)}
-    return json.dumps(doc).encode()
-
-
 @pytest.fixture(scope="module")
 def publisher(plane: Plane) -> Iterator[Watcher]:
     w = Watcher(plane.broker_port, "nearcast/v1/hostile-test/#")
     yield w
     w.close()
-
-
-def _received(url: str) -> dict[str, float]:
-    m = metrics(url)
-    return {r: m.get(f'nearcast_mqtt_messages_received_total{{result="{r}"}}', 0.0) for r in ("ok", "rejected",
-                                                                                               "failed")}
 
 
 PUBLISHED: list[str] = []
@@ -297,7 +270,7 @@ def test_hostile_mqtt_messages_are_rejected_and_counted(plane: Plane, publisher:
     aid = data.draw(st.sampled_from(["edge-a", "edge-b", "x" * 64, "e.1"]))
     topic = data.draw(st.sampled_from([topics.appliance_status(aid), topics.appliance_telemetry(aid),
                                        topics.appliance_acks(aid)]))
-    publisher.publish(topic, _payload(data, aid))
+    publisher.publish(topic, mqtt_payload(data, aid))
     PUBLISHED.append(topic)
 
 
@@ -313,7 +286,7 @@ def test_after_the_mqtt_storm_the_loop_lives_and_nothing_failed(plane: Plane, pu
                       REGISTRY.encode(Telemetry(1, 1.0, {"requests": 5.0}), sender="edge-probe"))
     url = plane.control.url
     sent = len(PUBLISHED) + 2
-    counts = until(lambda: sum((c := _received(url)).values()) >= sent and c, 30, f"{sent} messages to be handled")
+    counts = until(lambda: sum((c := mqtt_received(url)).values()) >= sent and c, 30, f"{sent} messages to be handled")
     assert counts["failed"] == 0, counts
     assert counts["rejected"] > 0 and counts["ok"] >= 2, counts
     status, body = http_json("GET", f"{url}/healthz")

@@ -1,4 +1,5 @@
-"""Hostile requests against a real edge process: raw request targets and Range/conditional headers.
+"""Hostile input against a real edge process: raw request targets, Range/conditional headers, and MQTT
+messages on every topic it subscribes to (commands, desired state).
 
 One ``nearcast edge serve`` for the module (tests/faults/harness.py), a complete file set seeded
 through the store's own API, and canaries planted where a traversal would land: a file beside the
@@ -23,9 +24,10 @@ from hypothesis import strategies as st
 
 from edge.catalog import Catalog
 from edge.store import CacheStore
-from tests.edge.conftest import seed_set
-from tests.faults.harness import Edge, Stack, make_keys
-from tests.hostile import examples, hostile_text
+from shared import topics
+from tests.edge.conftest import Watcher, seed_set
+from tests.faults.harness import Edge, Stack, make_keys, until
+from tests.hostile import examples, hostile_text, mqtt_payload, mqtt_received
 
 MASTER = b"#EXTM3U\n#EXT-X-VERSION:7\n" + b"#" * 500 + b"\n"
 SEGMENT = os.urandom(300_000)
@@ -35,8 +37,9 @@ HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
 class Target:
-    def __init__(self, edge: Edge, token: str, canaries: list[bytes]) -> None:
+    def __init__(self, edge: Edge, token: str, canaries: list[bytes], broker_port: int) -> None:
         self.edge = edge
+        self.broker_port = broker_port
         self.token = token
         self.canaries = canaries
 
@@ -81,7 +84,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         (served / "out").symlink_to(outside, target_is_directory=True)
         (edge.cache_dir / "sets" / "t2").symlink_to(outside, target_is_directory=True)
         token = edge.token("t1/")
-        yield Target(edge, token, [CANARY])
+        yield Target(edge, token, [CANARY], broker.port)
         assert "Traceback" not in edge.log(100_000), edge.log()
 
 
@@ -180,3 +183,34 @@ def test_range_and_conditional_headers_answer_consistently(target: Target, path:
         assert got["content-range"] == f"bytes */{len(whole)}" and body == b""
     else:
         assert body == b""  # 304: validators only
+
+
+# -- MQTT: commands and desired state are handled or rejected, never a handler failure ---------------------
+PUBLISHED: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def publisher(target: Target) -> Iterator[Watcher]:
+    w = Watcher(target.broker_port, "nearcast/v1/hostile-test/#")
+    yield w
+    w.close()
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=HEALTH)
+@given(st.data())
+def test_hostile_mqtt_commands_and_desired_state_are_rejected(target: Target, publisher: Watcher,
+                                                              data: st.DataObject) -> None:
+    aid = target.edge.name
+    topic = data.draw(st.sampled_from([topics.appliance_commands(aid)]
+                                      + [topics.appliance_desired(aid, kind) for kind in topics.DESIRED_KINDS]))
+    publisher.publish(topic, mqtt_payload(data, "control"))
+    PUBLISHED.append(topic)
+
+
+def test_after_the_mqtt_storm_the_edge_serves_and_nothing_failed(target: Target) -> None:
+    sent = len(PUBLISHED)
+    counts = until(lambda: sum((c := mqtt_received(target.edge.url)).values()) >= sent and c, 30,
+                   f"{sent} messages to be handled")
+    assert counts["failed"] == 0 and counts["rejected"] > 0, counts
+    base = f"/v1/content/{target.token}/t1"
+    assert target.send(_request(f"{base}/hls/master.m3u8", handover=False))[2] == MASTER

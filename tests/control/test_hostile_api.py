@@ -125,7 +125,7 @@ ORIGIN_SEGMENTS = ["v", "seg0.m4s", "master.m3u8", "index.m3u8", "fileset.json",
 origin_path = st.lists(st.sampled_from(ORIGIN_SEGMENTS), min_size=1, max_size=5).map("/".join)
 
 
-@settings(max_examples=examples(500), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=HEALTH)
 @given(st.one_of(st.just("t1"), st.sampled_from(["t1", "t9", "..", "%2e%2e", "enc1"]), hostile_text),
        st.one_of(origin_path, origin_path, hostile_text), st.sampled_from(["t1/", "", "t9/", "enc1/"]))
 def test_hostile_origin_paths_never_5xx_never_leak(plane: Plane, title: str, rest: str, prefix: str) -> None:
@@ -156,7 +156,7 @@ batch = st.one_of(
 )
 
 
-@settings(max_examples=examples(250), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=HEALTH)
 @given(batch, st.sampled_from(["json", "json", "raw-junk", "truncated"]))
 def test_event_batches_rejected_whole_or_stored_exactly(plane: Plane, doc: Any, form: str) -> None:
     body = json.dumps(doc).encode()
@@ -223,7 +223,7 @@ def test_license_for_its_own_title_only(plane: Plane) -> None:
 kid_value = st.sampled_from(["enc1", "enc2", "junk"]) | st.text(max_size=30) | json_leaf
 
 
-@settings(max_examples=examples(500), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=HEALTH)
 @given(st.sampled_from(["enc1", "enc2", "enc1", "enc2", "t1", "nope", "..", "enc1%2f.."]),
        st.one_of(st.just("valid"), st.sampled_from(["valid", "other-title", "other-client", "expired", "forged"]),
                  hostile_text),
@@ -264,7 +264,7 @@ def publisher(plane: Plane) -> Iterator[Watcher]:
 PUBLISHED: list[str] = []
 
 
-@settings(max_examples=examples(400), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=HEALTH)
 @given(st.data())
 def test_hostile_mqtt_messages_are_rejected_and_counted(plane: Plane, publisher: Watcher, data: st.DataObject) -> None:
     aid = data.draw(st.sampled_from(["edge-a", "edge-b", "x" * 64, "e.1"]))

@@ -94,3 +94,12 @@ async def test_content_on_an_aiohttp_connection_still_parses_raw_paths(edge: Any
         writer.close()
         assert answer.split(b" ")[1] in (b"400", b"404"), (path, answer[:80])
         assert b"root:" not in answer
+
+
+async def test_a_body_nobody_asked_for_is_answered_without_waiting_for_it(edge: Any) -> None:
+    """The edge has no route that takes a body: a request announcing a gigabyte gets its 4xx at once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"POST /v1/home/p1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * 100_000)
+    status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)  # 100 KB of the 1 GB were sent
+    assert status_line.startswith(b"HTTP/1.1 405 "), status_line
+    writer.close()

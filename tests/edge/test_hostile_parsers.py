@@ -38,7 +38,7 @@ def assert_canonical(path: str) -> None:
     assert inside(ROOT, "t1", "v1", path)
 
 
-@settings(max_examples=examples(1000), deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(hostile_text, hostile_text, hostile_text)
 def test_request_paths_are_accepted_only_when_canonical_and_inside(token: str, title: str, rest: str) -> None:
     raw = f"/v1/content/{token}/{title}/{rest}"
@@ -51,7 +51,7 @@ def test_request_paths_are_accepted_only_when_canonical_and_inside(token: str, t
     assert inside(ROOT, req.title_id, "v1", req.path)
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(alphabet=SAFE_REST + "/", min_size=1, max_size=60), st.integers(0, 2**60))
 def test_any_encoding_of_a_safe_path_reaches_the_same_file(text: str, mask: int) -> None:
     """Percent-encoding any characters once changes nothing; encoding a '/' or twice is refused."""
@@ -73,7 +73,7 @@ def test_any_encoding_of_a_safe_path_reaches_the_same_file(text: str, mask: int)
         raise AssertionError(f"{bad!r} was accepted")
 
 
-@settings(max_examples=examples(600), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(hostile_text | st.text(max_size=60))
 def test_manifest_paths_are_accepted_only_when_canonical_and_inside(path: str) -> None:
     try:
@@ -87,7 +87,7 @@ range_text = st.text(alphabet="bytes=-, 0123456789\t+ex", max_size=30) | st.samp
     ["bytes=0-18446744073709551616", "bytes=-18446744073709551616", "bytes=" + "9" * 40 + "-", "items=0-1"])
 
 
-@settings(max_examples=examples(1000), deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(range_text | st.text(max_size=40), st.integers(0, 10**13))
 def test_range_headers_give_a_range_inside_the_body_or_none(header: str, size: int) -> None:
     try:
@@ -99,7 +99,7 @@ def test_range_headers_give_a_range_inside_the_body_or_none(header: str, size: i
         assert rng.content_range(size) == f"bytes {rng.start}-{rng.stop - 1}/{size}"
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1, 10**6))
 def test_well_formed_ranges_are_exact(first: int, last: int, size: int) -> None:
     header = f"bytes={first}-{last}"
@@ -122,7 +122,7 @@ header_text = st.text(max_size=60) | st.text(alphabet='"W/*, abc-10\x00', max_si
     ["Mon, 12 Jan 1970 13:46:40 GMT", "Mon, 12 Jan 99999 13:46:40 GMT", "Mon, 32 Foo 1970 25:61:61 GMT", "0", "-1"])
 
 
-@settings(max_examples=examples(600), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(header_text, header_text, header_text, st.floats(0, 1e12, allow_nan=False))
 def test_conditional_headers_only_answer_yes_or_no(inm: str, ims: str, if_range: str, mtime: float) -> None:
     assert not_modified(etag="abc-10", last_modified_s=mtime, if_none_match=inm, if_modified_since=None) in (True,
@@ -143,7 +143,7 @@ entry = st.fixed_dictionaries({
 }, optional={"extra": json_leaf})
 
 
-@settings(max_examples=examples(400), deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(entry, max_size=6) | json_leaf, st.sampled_from(["t1", "t2", "../t1", ""]),
        st.sampled_from(["v1", "v2", "v1/..", 7]))
 def test_signed_manifests_with_hostile_entries_are_refused_or_safe(files: Any, title: str, version: Any) -> None:
@@ -158,7 +158,7 @@ def test_signed_manifests_with_hostile_entries_are_refused_or_safe(files: Any, t
         assert f.size >= 0 and len(f.sha256) == 64
 
 
-@settings(max_examples=examples(500), deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode), st.integers(0, 400))
 def test_mutated_manifest_bytes_only_raise_manifest_or_signature_errors(junk: bytes, pos: int) -> None:
     good = json.dumps(sign_document(SIGNER, {"title_id": "t1", "version": "v1", "files": [

@@ -78,7 +78,7 @@ def _check(which: str, doc: dict[str, Any], env: dict[str, str]) -> None:
             pytest.fail(f"{section}.{key} accepted NaN")
 
 
-@settings(max_examples=examples(400), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(documents("edge"))
 @example(({"appliance": {"latitude": float("nan")}}, {}))
 @example(({}, {"NEARCAST_EDGE_APPLIANCE_LONGITUDE": "nan"}))
@@ -86,14 +86,14 @@ def test_hostile_edge_configs_fail_only_with_a_named_config_error(case: tuple[di
     _check("edge", *case)
 
 
-@settings(max_examples=examples(400), deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(documents("control"))
 def test_hostile_control_configs_fail_only_with_a_named_config_error(
         case: tuple[dict[str, Any], dict[str, str]]) -> None:
     _check("control", *case)
 
 
-@settings(max_examples=examples(300), deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=200) | st.text(alphabet='[]=."\\\n abc_1#{},\'', max_size=80).map(str.encode))
 def test_hostile_config_files_fail_only_with_a_config_error_naming_the_file(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,20 +57,31 @@ def encoder_settings(codec: Codec, rung: VideoRung, gop: int, preset: str, threa
     """The FFmpeg encoder and its options for ``rung``.
 
     Closed GOPs, no scene-cut keyframes (a keyframe inside a segment would split it) and IDR
-    frames forced where the pipeline asks; average bitrate with a VBV cap of 1.5x over 2 s.
+    frames forced where the pipeline asks.  Rate control: the rung's CRF when it has one (capped
+    CRF), else its average bitrate (set as the codec context's ``bit_rate``, see
+    :func:`rc_bit_rate`); both under a VBV cap of 1.5x over 2 s.  A CRF rung without a bitrate
+    (a trial encode mapping a CRF to the rate it produces) is uncapped.
     """
-    vbv = {"maxrate": str(rung.bitrate * 3 // 2), "bufsize": str(rung.bitrate * 2)}
+    vbv = {"maxrate": str(rung.maxrate), "bufsize": str(rung.bufsize)} if rung.bitrate else {}
+    crf = {} if rung.crf is None else {"crf": f"{rung.crf:g}"}
     if codec == "h264":
         params = f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:bframes=3:log-level=error"
         return "libx264", {"preset": preset, "profile": "high", "x264-params": params, "forced-idr": "1",
-                           "threads": str(threads), **vbv}
+                           "threads": str(threads), **crf, **vbv}
     if codec == "hevc":
         params = (f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:bframes=3:log-level=error"
                   f":pools={threads}:frame-threads={min(threads, 2)}")
-        return "libx265", {"preset": preset, "x265-params": params, "forced-idr": "1", **vbv}
-    # SVT-AV1 accepts a max bitrate only in CRF mode: AV1 rungs are plain VBR around the target.
+        return "libx265", {"preset": preset, "x265-params": params, "forced-idr": "1", **crf, **vbv}
+    # SVT-AV1 accepts a max bitrate only in CRF mode: ABR AV1 rungs are plain VBR around the target,
+    # CRF rungs are capped like the others.
     params = f"keyint={gop}:scd=0:lp={threads}:irefresh-type=2"
-    return "libsvtav1", {"preset": str(_SVT_PRESETS.get(preset, 8)), "svtav1-params": params}
+    cap = {} if rung.crf is None else vbv
+    return "libsvtav1", {"preset": str(_SVT_PRESETS.get(preset, 8)), "svtav1-params": params, **crf, **cap}
+
+
+def rc_bit_rate(rung: VideoRung) -> int:
+    """The codec context's ``bit_rate``: the ABR target, or 0 for a CRF rung (bit_rate would mean ABR)."""
+    return rung.bitrate if rung.crf is None else 0
 
 
 def mux_options(cenc: CencKey | None) -> dict[str, str]:
@@ -131,7 +142,7 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
                 assert isinstance(stream, av.video.stream.VideoStream)
                 stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
                 stream.time_base = 1 / job.fps
-                stream.bit_rate = rung.bitrate
+                stream.bit_rate = rc_bit_rate(rung)
                 stream.codec_context.options = options
                 if rung.codec == "hevc":
                     stream.codec_tag = "hvc1"

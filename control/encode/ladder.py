@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .spec import Codec, VideoRung
+from .spec import Codec, RateControl, VideoRung
 
 #: Apple's HLS authoring ladder (H.264), height -> average bitrate.
 FIXED_H264: tuple[tuple[int, int], ...] = (
@@ -25,6 +25,13 @@ CODEC_FACTOR: dict[str, float] = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 #: Heights tried by the per-title search (the source height is always added).
 CANDIDATE_HEIGHTS = (144, 234, 360, 432, 540, 720, 1080, 1440, 2160)
 MIN_BITRATE = 60_000
+#: CRFs the per-title trials try at every candidate resolution (capped-CRF ladders).  Wide enough
+#: that the smallest sizes reach the bottom of a ladder and the source size its top.
+CRF_GRID: dict[str, tuple[float, ...]] = {
+    "h264": (16, 20, 24, 28, 32, 36, 40),
+    "hevc": (18, 22, 26, 30, 34, 38, 42),
+    "av1": (20, 28, 36, 44, 52, 60),
+}
 
 
 def output_size(display_width: int, height: int, target_height: int) -> tuple[int, int]:
@@ -63,6 +70,8 @@ class RDPoint:
     ssim: float | None = None
     #: The bitrate the encoder was asked for (``bitrate`` is what it produced); 0 = the same.
     requested: int = 0
+    #: The CRF of a constant-rate-factor trial (``None``: an ABR trial).
+    crf: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {"codec": self.codec, "width": self.width, "height": self.height,
@@ -71,6 +80,8 @@ class RDPoint:
             d["ssim"] = round(self.ssim, 5)
         if self.requested:
             d["requested"] = self.requested
+        if self.crf is not None:
+            d["crf"] = self.crf
         return d
 
 
@@ -112,26 +123,40 @@ def per_title_ladder(
     *,
     max_rungs: int = 6,
     top_quality: float = 46.0,
+    bottom_quality: float = 30.0,
     min_gain: float = 1.0,
     step: float = 1.6,
+    rate_control: RateControl = "capped-crf",
 ) -> list[VideoRung]:
-    """Rungs along the hull, from its cheapest point up to where more bits stop paying: quality
-    reaches ``top_quality`` dB, or doubling the bitrate gains less than ``min_gain`` dB.  Rungs are
-    spaced about ``step``x in bitrate, each at the resolution that wins at that bitrate;
-    resolutions never decrease as bitrate rises.
+    """Rungs along the hull, from where quality is still watchable up to where more bits stop paying.
+
+    The bottom rung sits where the hull reaches ``bottom_quality`` dB (or at its cheapest point,
+    if that is better already); the top where it reaches ``top_quality`` dB, or where doubling
+    the bitrate gains less than ``min_gain`` dB.  Rungs are spaced about ``step``x in bitrate,
+    each at the resolution that wins at that bitrate; resolutions never decrease as bitrate
+    rises.  With ``capped-crf`` and CRF trials, each rung gets the CRF that the winning
+    resolution's trials say lands its average on the target (interpolated in log bitrate);
+    otherwise it asks for the target as an ABR average.
     """
     mine = [p for p in points if p.codec == codec]
     hull = convex_hull(mine)
     if not hull:
         return []
-    top = hull[-1]
+    hi = float(hull[-1].bitrate)
     for a, b in itertools.pairwise(hull):
         per_doubling = (b.quality - a.quality) / math.log2(b.bitrate / a.bitrate)
         if a.quality >= top_quality or per_doubling < min_gain:
-            top = a
+            hi = a.bitrate
             break
-    lo, hi = hull[0].bitrate, top.bitrate
-    n = 1 if hi <= lo else min(max_rungs, max(2, 1 + round(math.log(hi / lo) / math.log(step))))
+        if b.quality >= top_quality:
+            hi = _rate_between(a, b, top_quality)
+            break
+    lo = float(hull[0].bitrate)
+    if hull[0].quality < bottom_quality:
+        lo = next((_rate_between(a, b, bottom_quality) for a, b in itertools.pairwise(hull)
+                   if b.quality >= bottom_quality), hi)
+    lo = min(lo, hi)
+    n = 1 if hi <= lo * 1.01 else min(max_rungs, max(2, 1 + round(math.log(hi / lo) / math.log(step))))
     targets = [lo] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
     rungs: list[VideoRung] = []
     for target in targets:
@@ -139,11 +164,41 @@ def per_title_ladder(
         if rungs and best.height < rungs[-1].height:
             best = next(p for p in sorted(mine, key=lambda q: abs(math.log(q.bitrate / target)))
                         if p.height >= rungs[-1].height)
-        ask = target * _overshoot(mine, best.height, target)
-        rung = VideoRung(codec, best.width, best.height, round(ask / 1000) * 1000)
+        curve = sorted((p for p in mine if p.height == best.height), key=lambda p: p.bitrate)
+        crfs = [p.crf for p in curve]
+        if rate_control == "capped-crf" and len(curve) >= 2 and None not in crfs:
+            rung = VideoRung(codec, best.width, best.height, round(target / 1000) * 1000, _crf_at(curve, target))
+        else:
+            ask = target * _overshoot(mine, best.height, target)
+            rung = VideoRung(codec, best.width, best.height, round(ask / 1000) * 1000)
         if not rungs or rung.bitrate > rungs[-1].bitrate * 1.15:
             rungs.append(rung)
     return rungs
+
+
+def _rate_between(a: RDPoint, b: RDPoint, quality: float) -> float:
+    """The bitrate at which the hull segment ``a``-``b`` (straight in log bitrate) reaches ``quality``."""
+    t = (quality - a.quality) / (b.quality - a.quality)
+    return float(a.bitrate * (b.bitrate / a.bitrate) ** t)
+
+
+def _crf_at(curve: list[RDPoint], bitrate: float) -> float:
+    """The CRF that produces ``bitrate`` on one resolution's trials (sorted by bitrate), to 0.1.
+
+    Log bitrate is close to linear in CRF, so the two trials around ``bitrate`` are interpolated
+    (the end pair extrapolated, by at most half a grid step beyond the trials).
+    """
+    x = math.log(bitrate)
+    i = 0
+    while i < len(curve) - 2 and math.log(curve[i + 1].bitrate) < x:
+        i += 1
+    a, b = curve[i], curve[i + 1]
+    assert a.crf is not None and b.crf is not None
+    xa, xb = math.log(a.bitrate), math.log(b.bitrate)
+    crf = a.crf if xb <= xa else a.crf + (b.crf - a.crf) * (x - xa) / (xb - xa)
+    lo, hi = min(p.crf for p in curve if p.crf is not None), max(p.crf for p in curve if p.crf is not None)
+    margin = (hi - lo) / max(1, len(curve) - 1) / 2
+    return round(min(hi + margin, max(lo - margin, crf)), 1)
 
 
 def _overshoot(points: Sequence[RDPoint], height: int, bitrate: float) -> float:

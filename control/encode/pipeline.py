@@ -83,8 +83,8 @@ def ingest(
     except OSError as exc:
         raise EncodeFailed(f"cannot create a staging directory in {origin_root}: {exc.strerror or exc}") from exc
     try:
-        with _pool(spec) as pool:
-            runner = _Runner(pool, cancel)
+        with worker_pool(spec) as pool:
+            runner = Runner(pool, cancel)
             plan = make_plan(info, spec, runner, report)
             key = new_key(spec.title_id, spec.encrypt) if spec.encrypt != "none" else None
             videos, audio = encode_and_package(master, info, plan, spec, staging, runner, key, report)
@@ -113,7 +113,7 @@ def ingest(
     return manifest
 
 
-def _pool(spec: IngestSpec) -> cf.ProcessPoolExecutor:
+def worker_pool(spec: IngestSpec) -> cf.ProcessPoolExecutor:
     workers, _ = _workers(spec)
     return cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
@@ -126,7 +126,7 @@ def _worker_init() -> None:
     os.environ.setdefault("SVT_LOG", "1")
 
 
-class _Runner:
+class Runner:
     """Runs batches of jobs on the pool, honouring cancellation between and during jobs."""
 
     def __init__(self, pool: cf.ProcessPoolExecutor, cancel: threading.Event | None) -> None:
@@ -164,7 +164,7 @@ def _terminate(pool: cf.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_plan(info: ProbeResult, spec: IngestSpec, runner: _Runner, report: Progress) -> Plan:
+def make_plan(info: ProbeResult, spec: IngestSpec, runner: Runner, report: Progress) -> Plan:
     fps = min(info.fps, MAX_FPS)
     n_frames = frame_count(info.duration, fps)
     starts = segment_starts(n_frames, fps, spec.segment_seconds)
@@ -174,11 +174,19 @@ def make_plan(info: ProbeResult, spec: IngestSpec, runner: _Runner, report: Prog
     else:
         report("ladder", 0.02)
         points = tuple(measure_points(info, fps, spec.codecs, spec.preset, runner.map,
-                                      lambda frac: report("ladder", 0.02 + 0.18 * frac)))
-        rungs = [r for codec in spec.codecs for r in per_title_ladder(points, codec, max_rungs=spec.max_rungs)]
-        if not rungs:
-            raise EncodeFailed("per-title search produced no rungs")
+                                      lambda frac: report("ladder", 0.02 + 0.18 * frac), spec.rate_control,
+                                      n_frames / len(starts)))
+        rungs = choose_rungs(points, spec)
     return Plan(info, fps, n_frames, starts, tuple(rungs), points)
+
+
+def choose_rungs(points: Sequence[RDPoint], spec: IngestSpec) -> list[VideoRung]:
+    """The per-title rungs of every codec from the trial points (``bench/ladder.py`` uses this too)."""
+    rungs = [r for codec in spec.codecs
+             for r in per_title_ladder(points, codec, max_rungs=spec.max_rungs, rate_control=spec.rate_control)]
+    if not rungs:
+        raise EncodeFailed("per-title search produced no rungs")
+    return rungs
 
 
 def encode_and_package(
@@ -187,7 +195,7 @@ def encode_and_package(
     plan: Plan,
     spec: IngestSpec,
     staging: Path,
-    runner: _Runner,
+    runner: Runner,
     key: TitleKey | None,
     report: Progress,
 ) -> tuple[list[Track], Track | None]:

@@ -16,6 +16,7 @@ from .errors import BadSpec
 Codec = Literal["h264", "hevc", "av1"]
 LadderMode = Literal["auto", "fixed"]
 Encryption = Literal["none", "cenc", "aes128"]
+RateControl = Literal["capped-crf", "abr"]
 
 CODECS: tuple[Codec, ...] = ("h264", "hevc", "av1")
 #: Segment lengths outside this range break either player start-up (long) or CDN efficiency (short).
@@ -32,6 +33,11 @@ class IngestSpec:
     genres: tuple[str, ...] = ()
     codecs: tuple[Codec, ...] = ("h264",)
     ladder: LadderMode = "auto"
+    #: How per-title (``auto``) rungs are encoded: ``capped-crf`` gives each rung the CRF that the
+    #: trial encodes say lands its average on the hull bitrate, with the VBV cap on peaks; ``abr``
+    #: asks for the hull bitrate as an average.  The fixed ladder is always ABR (its rungs are
+    #: bitrates, with no measured curve to map them to a CRF).
+    rate_control: RateControl = "capped-crf"
     segment_seconds: float = 4.0
     encrypt: Encryption = "none"
     #: Worker processes for chunk-parallel encoding; ``None`` means one per CPU.
@@ -66,6 +72,8 @@ class IngestSpec:
             raise BadSpec("h264 is always encoded: every player can decode it")
         if self.ladder not in ("auto", "fixed"):
             raise BadSpec(f"ladder must be auto or fixed, not {self.ladder!r}")
+        if self.rate_control not in ("capped-crf", "abr"):
+            raise BadSpec(f"rate control must be capped-crf or abr, not {self.rate_control!r}")
         if self.encrypt not in ("none", "cenc", "aes128"):
             raise BadSpec(f"encrypt must be none, cenc or aes128, not {self.encrypt!r}")
         if not MIN_SEGMENT_SECONDS <= self.segment_seconds <= MAX_SEGMENT_SECONDS:
@@ -87,16 +95,43 @@ _PRESETS = {"ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "s
 
 @dataclass(frozen=True)
 class VideoRung:
-    """One video rendition: a codec at a resolution and a target average bitrate (bits/s)."""
+    """One video rendition: a codec at a resolution and a target average bitrate (bits/s).
+
+    With ``crf`` set the rung is encoded at that constant rate factor and ``bitrate`` is the
+    average the trial encodes predict for it; either way the VBV cap (``maxrate``, ``bufsize``)
+    derives from ``bitrate``, so peaks stay bounded.
+    """
 
     codec: Codec
     width: int
     height: int
     bitrate: int
+    crf: float | None = None
 
     @property
     def id(self) -> str:
         return f"{self.codec}_{self.height}p_{self.bitrate // 1000}k"
 
+    @property
+    def maxrate(self) -> int:
+        return self.bitrate * 3 // 2
+
+    @property
+    def bufsize(self) -> int:
+        return self.bitrate * 2
+
+    @property
+    def rate_control(self) -> RateControl:
+        return "abr" if self.crf is None else "capped-crf"
+
+    def abr(self) -> VideoRung:
+        """The same rung asking for its bitrate as an ABR average instead of a CRF."""
+        return VideoRung(self.codec, self.width, self.height, self.bitrate)
+
     def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "codec": self.codec, "width": self.width, "height": self.height, "bitrate": self.bitrate}
+        d: dict[str, object] = {"id": self.id, "codec": self.codec, "width": self.width, "height": self.height,
+                                "bitrate": self.bitrate, "rate_control": self.rate_control,
+                                "maxrate": self.maxrate, "bufsize": self.bufsize}
+        if self.crf is not None:
+            d["crf"] = self.crf
+        return d

@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from control.encode.ladder import RDPoint, candidate_heights, convex_hull, fixed_ladder, output_size, per_title_ladder
+from control.encode.ladder import (
+    RDPoint,
+    _crf_at,
+    candidate_heights,
+    convex_hull,
+    fixed_ladder,
+    output_size,
+    per_title_ladder,
+)
 
 
 def test_encode_fixed_ladder_never_upscales() -> None:
@@ -82,3 +90,32 @@ def test_encode_per_title_asks_more_of_an_encoder_that_undershoots() -> None:
     assert len(asked) == len(plain)
     for a, p in zip(asked, plain, strict=True):
         assert a.bitrate == pytest.approx(p.bitrate / 0.6, rel=0.02)
+
+
+def _crf_curve(height: int, width: int, offset: float, top: int) -> list[RDPoint]:
+    """CRF trials: ``top`` b/s and ``offset`` dB at CRF 16; each 6 CRF steps halve the rate and cost 3 dB."""
+    return [RDPoint("h264", width, height, round(top * 2 ** (-(crf - 16) / 6)), offset - (crf - 16) / 2, crf=crf)
+            for crf in (16, 22, 28, 34, 40)]
+
+
+def test_encode_capped_crf_rungs_get_the_crf_that_lands_on_their_bitrate() -> None:
+    tops = {360: 3_200_000, 234: 1_280_000}
+    points = _crf_curve(360, 640, 44, tops[360]) + _crf_curve(234, 416, 41, tops[234])
+    rungs = per_title_ladder(points, "h264")
+    assert len(rungs) >= 3 and all(r.rate_control == "capped-crf" for r in rungs)
+    assert rungs[0].height == 234 and rungs[-1].height == 360
+    for r in rungs:  # the model above, inverted: crf = 16 - 6 log2(bitrate / top)
+        assert r.crf == pytest.approx(16 - 6 * math.log2(r.bitrate / tops[r.height]), abs=0.11)
+        assert r.to_dict()["crf"] == r.crf and r.to_dict()["maxrate"] == r.bitrate * 3 // 2
+    # The bottom rung where the hull crosses 30 dB (234p at CRF 38), the top at the best trial.
+    assert rungs[0].bitrate == pytest.approx(tops[234] * 2 ** (-22 / 6), rel=0.01)
+    assert rungs[-1].bitrate == tops[360] and rungs[-1].crf == 16
+    abr = per_title_ladder(points, "h264", rate_control="abr")
+    assert [(r.height, r.bitrate) for r in abr] == [(r.height, r.bitrate) for r in rungs]
+    assert all(r.crf is None and r.rate_control == "abr" for r in abr)
+
+
+def test_encode_rung_crf_is_extrapolated_at_most_half_a_grid_step() -> None:
+    curve = sorted(_crf_curve(360, 640, 44, 3_200_000), key=lambda p: p.bitrate)
+    assert _crf_at(curve, 3_200_000) == 16 and _crf_at(curve, 3_200_000 * 2 ** -0.5) == 19
+    assert _crf_at(curve, 100_000_000) == 13 and _crf_at(curve, 1_000) == 43

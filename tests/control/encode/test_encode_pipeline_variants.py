@@ -12,6 +12,7 @@ from mpegdash.parser import MPEGDASHParser
 
 from control.encode import boxes
 from control.encode.errors import EncodeFailed, IngestCancelled
+from control.encode.ladder import CRF_GRID
 from control.encode.pipeline import ingest
 from control.encode.spec import IngestSpec
 from control.encode.synth import make_master
@@ -73,6 +74,14 @@ def test_encode_auto_ladder_records_points_and_picks_from_them(tmp_path: Path, s
     measured = {(p["width"], p["height"]) for p in points}
     assert all((r["width"], r["height"]) in measured for r in rungs)
     assert [r["bitrate"] for r in rungs] == sorted(r["bitrate"] for r in rungs)
+    # Capped CRF: each rung records the CRF its trials map to its bitrate, and the encoder used it
+    # (x264 writes its settings into the stream).
+    assert all(p["crf"] in CRF_GRID["h264"] for p in points)
+    for rung in rungs:
+        assert rung["rate_control"] == "capped-crf" and rung["maxrate"] == rung["bitrate"] * 3 // 2
+        settings = (tmp_path / "auto" / rung["id"] / "seg_00001.m4s").read_bytes()
+        assert b"rc=crf" in settings and f" crf={rung['crf']:.1f}".encode() in settings
+        assert f"vbv_maxrate={rung['maxrate'] // 1000}".encode() in settings
 
 
 def test_encode_progress_is_monotonic_and_ends_done(tmp_path: Path, small_master: Path) -> None:

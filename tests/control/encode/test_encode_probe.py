@@ -119,6 +119,7 @@ def test_encode_hostile_specs_are_refused() -> None:
         {"segment_seconds": 60.0},
         {"encrypt": "rot13"},
         {"ladder": "magic"},
+        {"rate_control": "vbr"},
         {"workers": 0},
         {"preset": "placebo; rm -rf /"},
         {"name": ""},

@@ -93,6 +93,7 @@ class GuardedHandler(web.RequestHandler):
         if (self._head_timer is None and data
                 and (self._last_payload is None or self._last_payload.is_eof())):
             # A new request head starts here (the previous request's body, if any, is complete).
+            self._last_payload = None
             self._head_bytes = 0
             self._head_timer = self._loop.call_later(self._guard.limits.header_timeout_s, self._head_expired)
         if self._head_timer is not None:

@@ -9,10 +9,12 @@ broker outage delays samples instead of losing them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from shared import topics
@@ -34,6 +36,7 @@ from shared.spool import Spool
 from shared.tasks import TaskGroup
 
 from . import telemetry
+from .catalog import write_atomic
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
 from .outbox import TelemetryOutbox
@@ -41,6 +44,7 @@ from .outbox import TelemetryOutbox
 log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-edge/0.1"
+DRAIN_FILE = "draining.json"
 _SEEN_COMMANDS = 1024
 
 DesiredHandler = Callable[[Envelope[Any]], Awaitable[None]]
@@ -53,7 +57,9 @@ class EdgeAgent:
         self.appliance_id = config.appliance.id
         self.public_url = public_url
         self.started_at = time.time()
-        self.draining = False
+        #: Operator intent, kept across restarts (an appliance drained stays drained until undrained).
+        self.drain_file = config.cache.dir / DRAIN_FILE
+        self.draining = _load_draining(self.drain_file)
         self.desired: dict[str, Envelope[Any]] = {}
         self._seen: OrderedDict[str, Ack] = OrderedDict()
         self._telemetry_seq = 0
@@ -61,7 +67,7 @@ class EdgeAgent:
         aid = self.appliance_id
         self.session = MqttSession(
             config.mqtt, client_id=aid, registry=REGISTRY, metrics=metrics.mqtt,
-            birth=Announcement(topics.appliance_status(aid), self.status("online")),
+            birth=Announcement(topics.appliance_status(aid), self.status("draining" if self.draining else "online")),
             will=Announcement(topics.appliance_status(aid), self.status("offline")),
             ack_topic=topics.appliance_acks(aid),
             persistent=True,  # commands sent while this appliance is away wait for it on the broker
@@ -119,9 +125,12 @@ class EdgeAgent:
 
     async def set_draining(self, draining: bool) -> None:
         """Draining keeps serving existing sessions but asks the control plane to steer new ones elsewhere."""
+        await asyncio.to_thread(_save_draining, self.drain_file, draining)
         self.draining = draining
         self.metrics.draining.set(1 if draining else 0)
         state = "draining" if draining else "online"
+        # The birth status is what every reconnect announces: it must not say "online" while draining.
+        self.session.birth = Announcement(topics.appliance_status(self.appliance_id), self.status(state))
         await self.session.publish(topics.appliance_status(self.appliance_id), self.status(state), retain=True)
 
     # -- desired state -----------------------------------------------------------------------------
@@ -167,3 +176,20 @@ class EdgeAgent:
                                                                    sender=self.appliance_id))
             except Exception as exc:
                 log.warning("telemetry sample not spooled: %s", exc)
+
+
+def _load_draining(path: Path) -> bool:
+    """The last drain command's state (False when none was ever received or the file is unreadable)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return False
+    return isinstance(doc, dict) and doc.get("draining") is True
+
+
+def _save_draining(path: Path, draining: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"draining": draining}).encode())

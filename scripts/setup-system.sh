@@ -12,6 +12,7 @@ declare -A PKG=(
   [wrk]=wrk
   [chromium-headless-shell]=chromium-headless-shell
   [npm]=npm
+  [faketime]=faketime
 )
 
 missing=()

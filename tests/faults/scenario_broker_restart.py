@@ -97,7 +97,7 @@ def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
         db = control.state_dir / "control.db"
         aid = edge.name
         try:
-            control.start()
+            control.start()  # first: the broker keeps telemetry only for a session the control plane opened
             edge.start()
             until(lambda: len(stored_seqs(db, aid)) >= 3, SETTLE_S, f"first telemetry; control log:\n{control.log()}")
             draining = False

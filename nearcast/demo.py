@@ -1,6 +1,7 @@
 """``nearcast demo``: a whole nearcast on one machine.
 
-An embedded MQTT broker (in this process), the control plane and N edge appliances as real child
+An embedded MQTT broker (in this process, refusing anonymous clients and enforcing the passwd and ACL
+files the control plane writes, as Mosquitto would), the control plane and N edge appliances as real child
 processes, each with its own config file in the state directory, each in its own "ISP" (loopback
 prefixes 127.0.N.0/24).  Prints the URLs and the operator ``export`` lines, stays up until Ctrl-C,
 then stops every child and exits 0.  A second run with the same ``--state-dir`` reuses keys, tokens
@@ -27,6 +28,7 @@ import aiohttp
 from control.auth import TokenStore
 from shared.broker import EmbeddedBroker, free_port
 from shared.files import write_private
+from shared.mqtt_auth import new_password
 from shared.tasks import TaskGroup
 from shared.tokens import TokenKeys
 
@@ -113,6 +115,9 @@ class Demo:
             write_private(token_file, admin + "\n")
             write_private(reader_file, self.reader + "\n")
         self._mqtt = f"[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nkeepalive_s = 5\n"
+        control_password = st / "control-mqtt-password"  # the control plane's own broker login, never in the repo
+        if not control_password.exists():
+            write_private(control_password, new_password() + "\n")
         (st / "control.toml").write_text(
             f"[http]\nhost = \"127.0.0.1\"\nport = {self.port}\n\n"
             f"[state]\ndir = {_toml_str(st / 'control')}\n\n"
@@ -120,8 +125,16 @@ class Demo:
             f"[security]\ntoken_keys_file = {_toml_str(keys_path)}\n\n"
             f"[fill]\ninterval_s = 30.0\n\n"
             f"[steering]\nviewer_override = true\n\n"
-            f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{self._mqtt}")
+            f"[fleet]\nheartbeat_ttl_s = 15.0\n\n{self._mqtt}"
+            f"username = \"control\"\npassword_file = {_toml_str(control_password)}\n")
         return admin
+
+    @property
+    def broker_files(self) -> tuple[Path, Path]:
+        """The passwd and acl files the control plane writes (its default broker.files_dir) and the
+        embedded broker enforces."""
+        d = self.state / "control" / "mosquitto"
+        return d / "passwd", d / "acl"
 
     async def _enroll(self, api: Api, i: int) -> tuple[str, Path, str]:
         """Enroll edge ``i`` once (kept in the state dir) and write its config; returns (name, config, url)."""
@@ -251,12 +264,12 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        broker = EmbeddedBroker()
+        broker = EmbeddedBroker(*self.broker_files)
         code = 0
         try:
             _say(f"nearcast demo: state in {self.state}")
             await broker.start()
-            _say(f"[1/3] MQTT broker (embedded) on {broker.url}")
+            _say(f"[1/3] MQTT broker (embedded) on {broker.url}; logins and ACL from {self.broker_files[0].parent}")
             admin = self._prepare_state(broker.port)
             api_url = f"http://127.0.0.1:{self.port}"
             deadline = time.monotonic() + HEALTH_TIMEOUT_S

@@ -41,6 +41,21 @@ def _get_json(url: str, token: str | None = None) -> Any:
         return json.loads(resp.read())
 
 
+def _anonymous_refused(port: int) -> bool:
+    import asyncio
+
+    import aiomqtt
+
+    async def attempt() -> bool:
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous-probe"):
+                return False
+        except aiomqtt.MqttError:
+            return True
+
+    return asyncio.run(attempt())
+
+
 def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory: Any) -> None:
     port = port_factory()
     state = tmp_path / "state"
@@ -66,6 +81,9 @@ def test_demo_prints_urls_serves_and_stops_cleanly(tmp_path: Path, port_factory:
             time.sleep(0.2)
         assert sorted(a["id"] for a in apps) == ["edge-a", "edge-b"]
         assert all(a["state"] == "online" for a in apps)
+        # The edges got in with their enrolled logins; an anonymous client does not.
+        broker_port = int(re.search(r"MQTT broker \(embedded\) on mqtt://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        assert _anonymous_refused(broker_port)
         # The operator CLI works with the printed export lines.
         env = {**os.environ, "NEARCAST_API": api, "NEARCAST_TOKEN": token}
         res = subprocess.run([sys.executable, "-m", "nearcast", "appliance", "ls", "--json"], env=env,

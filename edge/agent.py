@@ -2,8 +2,11 @@
 
 Commands are idempotent by envelope id (a redelivered command is acked again, not re-run).
 Desired state is retained on the broker, so a restarted or reconnected appliance always receives the
-latest generation; older generations are ignored.  Telemetry goes through an on-disk outbox, so a
-broker outage delays samples instead of losing them.
+latest generation; older generations are ignored, also across a restart: the persistent session
+makes the broker queue (and redeliver, if it was never acknowledged) every desired-state message
+sent while the appliance was away, so older copies can arrive before the retained latest one.  The
+last generation applied per kind is kept in ``desired.json``.  Telemetry goes through an on-disk
+outbox, so a broker outage delays samples instead of losing them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SOFTWARE = "nearcast-edge/0.1"
 DRAIN_FILE = "draining.json"
+DESIRED_FILE = "desired.json"
 _SEEN_COMMANDS = 1024
 
 DesiredHandler = Callable[[Envelope[Any]], Awaitable[None]]
@@ -61,6 +65,9 @@ class EdgeAgent:
         self.drain_file = config.cache.dir / DRAIN_FILE
         self.draining = _load_draining(self.drain_file)
         self.desired: dict[str, Envelope[Any]] = {}
+        #: kind -> (generation, envelope time) last applied, kept across restarts.
+        self.desired_file = config.cache.dir / DESIRED_FILE
+        self._applied = _load_applied(self.desired_file)
         self._seen: OrderedDict[str, Ack] = OrderedDict()
         self._telemetry_seq = 0
         self.desired_handlers: dict[str, DesiredHandler] = {}
@@ -148,10 +155,21 @@ class EdgeAgent:
             log.info("ignoring desired/%s generation %d (have %d)", kind, body.generation,
                      current.body.generation)
             return
+        before = self._applied.get(kind)
+        if current is None and before is not None and body.generation < before[0] and env.ts <= before[1]:
+            # An older copy the broker held for this session: applying it would undo newer state (an
+            # older fill plan would complete, and be served, an older version).  The envelope time
+            # tells it from a control plane that lost its counter and starts generations again.
+            log.info("ignoring desired/%s generation %d: generation %d was applied before the restart",
+                     kind, body.generation, before[0])
+            return
         handler = self.desired_handlers.get(kind)
         if handler is not None:
             await handler(env)
         self.desired[kind] = env
+        if self._applied.get(kind) != (body.generation, env.ts):
+            self._applied[kind] = (body.generation, env.ts)
+            await asyncio.to_thread(_save_applied, self.desired_file, dict(self._applied))
         await self._publish_ack(Ack(env.id, env.type, "accepted", detail={"generation": body.generation}))
 
     # -- telemetry ---------------------------------------------------------------------------------
@@ -188,6 +206,28 @@ def _load_draining(path: Path) -> bool:
         log.warning("ignoring %s: %s", path, exc)
         return False
     return isinstance(doc, dict) and doc.get("draining") is True
+
+
+def _load_applied(path: Path) -> dict[str, tuple[int, float]]:
+    """kind -> (generation, envelope ts) of the desired state last applied ({} if none or unreadable)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    out: dict[str, tuple[int, float]] = {}
+    for kind, entry in (doc.items() if isinstance(doc, dict) else ()):
+        if isinstance(entry, dict) and isinstance(entry.get("generation"), int) \
+                and isinstance(entry.get("ts"), int | float):
+            out[str(kind)] = (entry["generation"], float(entry["ts"]))
+    return out
+
+
+def _save_applied(path: Path, applied: dict[str, tuple[int, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({k: {"generation": g, "ts": ts} for k, (g, ts) in applied.items()}).encode())
 
 
 def _save_draining(path: Path, draining: bool) -> None:

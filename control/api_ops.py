@@ -14,7 +14,7 @@ from shared.ids import check_id
 from shared.messages import Ping, SetDraining
 from shared.web import read_json
 
-from . import enrollment, mosquitto
+from . import credentials, enrollment, mosquitto
 from .auth import OPERATOR, ROLES, new_token, token_hash
 from .context import CTX, ControlContext
 from .store import ApplianceRecord, Enrollment
@@ -89,13 +89,7 @@ async def create_enrollment(request: web.Request) -> web.Response:
     return web.json_response({"appliance_id": appliance_id, "token": token, "expires": now + ttl}, status=201)
 
 
-async def sync_broker_files(ctx: ControlContext) -> None:
-    entries = {a.appliance_id: a.mqtt_hash for a in ctx.registry.appliances.values()}
-    password = ctx.config.mqtt.resolve_password()
-    control_user = ctx.config.broker.control_username
-    if password:
-        entries[control_user] = mosquitto.hash_password(password)
-    mosquitto.write_broker_files(ctx.config.broker_files_dir, entries, control_user)
+sync_broker_files = credentials.sync_broker_files
 
 
 async def redeem(request: web.Request) -> web.Response:
@@ -137,6 +131,7 @@ def appliance_json(ctx: ControlContext, aid: str, record: ApplianceRecord | None
     }
     if record is not None:
         out["meta"] = enrollment.meta_json(record.meta)
+        out["mqtt"] = credentials.credentials_json(record)
         out["titles_complete"] = sorted(ctx.registry.complete_titles(aid))
     return out
 
@@ -212,6 +207,18 @@ async def drain_appliance(request: web.Request) -> web.Response:
     return web.json_response({"command_id": msg_id, "draining": draining}, status=202)
 
 
+async def rotate_credentials(request: web.Request) -> web.Response:
+    """Give the appliance a new broker login without taking it offline (see :mod:`control.credentials`)."""
+    ctx = request.app[CTX]
+    aid = check_id(request.match_info["id"], "appliance id")
+    doc = await _body(request) if request.can_read_body else {}
+    force = doc.get("force", False)
+    if not isinstance(force, bool) or set(doc) - {"force"}:
+        raise InvalidInput("the body may only hold force (true or false)")
+    out = await credentials.start_rotation(ctx, aid, actor=actor(request), force=force)
+    return web.json_response(out, status=202)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/tokens", list_tokens)
@@ -227,3 +234,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/appliances/{id}/ping", ping_appliance)
     r.add_post("/v1/appliances/{id}/drain", drain_appliance)
     r.add_post("/v1/appliances/{id}/undrain", drain_appliance)
+    r.add_post("/v1/appliances/{id}/rotate-credentials", rotate_credentials)

@@ -7,11 +7,12 @@ prints; ``--json`` prints the API's data unchanged.
 from __future__ import annotations
 
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli import _call, _client, _emit, api_option, appliance, json_option
+from .cli import _call, _client, _emit, api_option, appliance, control, json_option
 
 
 def _gib(n: float) -> str:
@@ -119,6 +120,20 @@ def appliance_set(appliance_id: str, api: str, as_json: bool, **opts: Any) -> No
     _emit(data, as_json, lambda d: click.echo(f"{appliance_id}: updated"))
 
 
+@appliance.command("rotate-credentials")
+@click.argument("appliance_id")
+@click.option("--force", is_flag=True, help="Start over even if a rotation is still waiting for the appliance.")
+@api_option
+@json_option
+def appliance_rotate(appliance_id: str, force: bool, api: str, as_json: bool) -> None:
+    """Give an appliance a new MQTT login without taking it offline; the old one is revoked once the
+    appliance reconnected with the new one."""
+    data = _call(_client(api).post, f"/v1/appliances/{urllib.parse.quote(appliance_id, safe='')}/rotate-credentials",
+                 {"force": force})
+    _emit(data, as_json, lambda d: click.echo(f"{appliance_id}: rotating to MQTT user {d['mqtt']['rotating_to']} "
+                                              f"(command {d['command_id']})"))
+
+
 @appliance.command("rm")
 @click.argument("appliance_id")
 @api_option
@@ -126,6 +141,37 @@ def appliance_rm(appliance_id: str, api: str) -> None:
     """Remove an appliance and its broker login."""
     _call(_client(api).request, "DELETE", f"/v1/appliances/{appliance_id}")
     click.echo(f"{appliance_id}: removed")
+
+
+@control.command("mosquitto-config")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="The control plane's TOML config "
+              "(for where it writes passwd and acl); defaults and the environment otherwise.")
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(1, 65535), help="Plain-text listener.")
+@click.option("--bind", default="", help="Address the listeners bind to (all if empty).")
+@click.option("--tls-port", default=0, type=click.IntRange(0, 65535), help="TLS listener (e.g. 8883); 0: none.")
+@click.option("--tls-only", is_flag=True, help="Leave out the plain-text listener.")
+@click.option("--cafile", type=click.Path(path_type=Path), help="CA chain the TLS listener presents.")
+@click.option("--certfile", type=click.Path(path_type=Path), help="The broker's certificate (PEM).")
+@click.option("--keyfile", type=click.Path(path_type=Path), help="The certificate's private key (PEM).")
+@click.option("--pid-file", type=click.Path(path_type=Path), help="Where Mosquitto writes its pid (for "
+              "broker.reload = \"pid:...\").")
+def mosquitto_config(config_path: Path | None, port: int, bind: str, tls_port: int, tls_only: bool,
+                     cafile: Path | None, certfile: Path | None, keyfile: Path | None, pid_file: Path | None) -> None:
+    """Print a mosquitto.conf enforcing the passwd and ACL files this control plane writes."""
+    from shared import config as cfg
+    from shared.errors import NearcastError
+
+    from .config import ENV_PREFIX, ControlConfig
+    from .mosquitto import mosquitto_conf
+
+    try:
+        conf = cfg.load(ControlConfig, config_path, env_prefix=ENV_PREFIX)
+        files = conf.broker_files_dir.absolute()
+        click.echo(mosquitto_conf(passwd=files / "passwd", acl=files / "acl", port=port, bind=bind,
+                                  tls_port=tls_port, cafile=cafile, certfile=certfile, keyfile=keyfile,
+                                  tls_only=tls_only, pid_file=pid_file), nl=False)
+    except NearcastError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # -- titles --------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from pathlib import Path
 from shared.config import non_negative, port_check, positive, section, setting
 from shared.mqtt import MqttSettings
 
+from .mosquitto import check_reload
+
 ENV_PREFIX = "NEARCAST_CONTROL_"
 
 
@@ -83,6 +85,11 @@ class BrokerSettings:
     files_dir: Path | None = setting(None, "Where the Mosquitto passwd and acl files are written; "
                                      "defaults to <state dir>/mosquitto.")
     control_username: str = setting("control", "The control plane's MQTT identity in the generated ACL.")
+    reload: str = setting("", "How the broker is made to re-read the passwd and acl files after an enrollment, "
+                          "removal or credential rotation: 'pid:<pid file>' sends SIGHUP to the process named "
+                          "there (Mosquitto), 'command:<command line>' runs a command (e.g. 'command:systemctl "
+                          "reload mosquitto'); empty: nothing is sent (the embedded broker watches the files).",
+                          check=check_reload)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ class ControlContext:
     tasks: TaskGroup = field(default_factory=lambda: TaskGroup("control"))
     #: One plan at a time: a periodic run and an operator's request must not interleave generations.
     fill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: One writer of the broker's passwd/acl files at a time (``credentials.sync_broker_files``).
+    broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The ingest job queue, while the app runs (``api_ingest.lifecycle``).
     jobs: IngestJobs | None = None
     #: The last play decisions, for the operator view (``GET /v1/steer/recent``).

@@ -18,6 +18,7 @@ from shared.errors import InvalidInput
 from shared.ids import is_valid_id
 from shared.messages import Ack, ApplianceStatus, Telemetry
 
+from . import credentials
 from .context import ControlContext
 from .store import Holding
 
@@ -107,6 +108,9 @@ def ack_handler(ctx: ControlContext) -> MqttHandler:
         body = env.body
         if not isinstance(body, Ack):
             raise InvalidInput(f"{env.type} on an acks topic")
+        if body.command_type == credentials.ROTATE_TYPE:
+            await credentials.on_ack(ctx, aid, body)
+            return
         if body.command_type == "desired.model":
             if ctx.deploy is not None:
                 ctx.deploy.on_ack(aid, body)

@@ -60,6 +60,9 @@ OPERATIONS: list[tuple[str, str, str, bool, list[dict[str, Any]], dict[str, Any]
     ("post", "/v1/appliances/{id}/ping", "Send a ping command.", False, [], None, 202),
     ("post", "/v1/appliances/{id}/drain", "Steer new sessions away from the appliance.", False, [], None, 202),
     ("post", "/v1/appliances/{id}/undrain", "Undo a drain.", False, [], None, 202),
+    ("post", "/v1/appliances/{id}/rotate-credentials", "Give the appliance a new MQTT login without downtime; the "
+     "old one is revoked once the appliance reconnected with the new one.", False, [],
+     {"type": "object", "properties": {"force": {"type": "boolean"}}, "additionalProperties": False}, 202),
     ("get", "/v1/play/{title_id}", "Ranked, signed HLS and DASH URLs for the calling client.", True,
      [_q("count", {"type": "integer", "minimum": 1, "maximum": 50}),
       _q("as", {"type": "string", "description": "demo only (steering.viewer_override)"})], None, 200),

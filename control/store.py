@@ -64,6 +64,20 @@ class ApplianceRecord:
     mqtt_hash: str
     enrolled: float
     draining: bool = False
+    mqtt_user: str = ""  # the broker user ``mqtt_hash`` belongs to; empty: the appliance id
+    mqtt_next_user: str = ""  # while a credential rotation is under way: the user it moves to
+    mqtt_next_hash: str = ""
+
+    @property
+    def mqtt_username(self) -> str:
+        return self.mqtt_user or self.appliance_id
+
+    def broker_users(self) -> dict[str, str]:
+        """``user -> hash`` the broker accepts for this appliance (two while a rotation is under way)."""
+        users = {self.mqtt_username: self.mqtt_hash}
+        if self.mqtt_next_user:
+            users[self.mqtt_next_user] = self.mqtt_next_hash
+        return users
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,11 @@ class Store(Protocol):
     async def update_appliance(self, appliance_id: str, meta: ApplianceMeta, *, actor: str) -> ApplianceRecord: ...
     async def set_draining(self, appliance_id: str, draining: bool, *, actor: str) -> ApplianceRecord: ...
     async def remove_appliance(self, appliance_id: str, *, actor: str) -> None: ...
+    async def begin_mqtt_rotation(self, appliance_id: str, next_user: str, next_hash: str, *, actor: str,
+                                  detail: Mapping[str, Any]) -> ApplianceRecord: ...
+    async def finish_mqtt_rotation(self, appliance_id: str, user: str, *, actor: str) -> ApplianceRecord | None:
+        """Make ``user`` (the pending one) current and forget the old; None when no such rotation is pending."""
+        ...
 
     # titles and holdings
     async def put_title(self, title: TitleRecord, *, actor: str) -> TitleRecord: ...

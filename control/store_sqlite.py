@@ -107,7 +107,17 @@ def _v4(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Rotated broker credentials: the appliance's current MQTT user (empty: its id) and the one it is
+    moving to while a rotation is under way (both users are valid on the broker until it has moved)."""
+    db.executescript("""
+    alter table appliances add column mqtt_user text not null default '';
+    alter table appliances add column mqtt_next_user text not null default '';
+    alter table appliances add column mqtt_next_hash text not null default '';
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _audit(db: sqlite_utils.Database, actor: str, action: str, target: str, detail: Mapping[str, Any]) -> None:
@@ -126,7 +136,7 @@ def _meta(text: str) -> ApplianceMeta:
 
 
 def _appliance(row: Sequence[Any]) -> ApplianceRecord:
-    return ApplianceRecord(row[0], _meta(row[1]), row[2], row[3], bool(row[4]))
+    return ApplianceRecord(row[0], _meta(row[1]), row[2], row[3], bool(row[4]), row[5], row[6], row[7])
 
 
 def _title(row: Sequence[Any]) -> TitleRecord:
@@ -144,6 +154,7 @@ def _fill(row: Sequence[Any]) -> FillState:
 
 
 _APPLIANCE_COLS = "appliance_id, meta, mqtt_hash, enrolled, draining"
+_APPLIANCE_SELECT = _APPLIANCE_COLS + ", mqtt_user, mqtt_next_user, mqtt_next_hash"
 _TITLE_COLS = ("title_id, name, genres, version, size, manifest_path, created, live, released, hls, dash, "
                "encrypted")
 _FILL_COLS = "appliance_id, generation, published, titles, bytes_planned, ack_status, progress, ack_ts, detail"
@@ -272,12 +283,12 @@ class SqliteStore:
 
     async def list_appliances(self) -> list[ApplianceRecord]:
         rows = await self.db.read(lambda db: db.execute(
-            f"select {_APPLIANCE_COLS} from appliances order by appliance_id").fetchall())
+            f"select {_APPLIANCE_SELECT} from appliances order by appliance_id").fetchall())
         return [_appliance(r) for r in rows]
 
     async def get_appliance(self, appliance_id: str) -> ApplianceRecord:
         rows = await self.db.read(lambda db: db.execute(
-            f"select {_APPLIANCE_COLS} from appliances where appliance_id = ?", [appliance_id]).fetchall())
+            f"select {_APPLIANCE_SELECT} from appliances where appliance_id = ?", [appliance_id]).fetchall())
         if not rows:
             raise NotFound(f"no appliance {appliance_id!r}")
         return _appliance(rows[0])
@@ -288,7 +299,7 @@ class SqliteStore:
             if db.execute(sql, [*args, appliance_id]).rowcount == 0:
                 raise NotFound(f"no appliance {appliance_id!r}")
             _audit(db, actor, action, appliance_id, detail)
-            row = db.execute(f"select {_APPLIANCE_COLS} from appliances where appliance_id = ?",
+            row = db.execute(f"select {_APPLIANCE_SELECT} from appliances where appliance_id = ?",
                              [appliance_id]).fetchone()
             return _appliance(row)
 
@@ -301,6 +312,27 @@ class SqliteStore:
     async def set_draining(self, appliance_id: str, draining: bool, *, actor: str) -> ApplianceRecord:
         return await self._change(appliance_id, "update appliances set draining = ? where appliance_id = ?",
                                   [int(draining)], actor, "appliance.drain" if draining else "appliance.undrain", {})
+
+    async def begin_mqtt_rotation(self, appliance_id: str, next_user: str, next_hash: str, *, actor: str,
+                                  detail: Mapping[str, Any]) -> ApplianceRecord:
+        return await self._change(
+            appliance_id, "update appliances set mqtt_next_user = ?, mqtt_next_hash = ? where appliance_id = ?",
+            [next_user, next_hash], actor, "appliance.mqtt_rotate", {"next_user": next_user, **detail})
+
+    async def finish_mqtt_rotation(self, appliance_id: str, user: str, *, actor: str) -> ApplianceRecord | None:
+        def write(db: sqlite_utils.Database) -> ApplianceRecord | None:
+            changed = db.execute(
+                "update appliances set mqtt_user = mqtt_next_user, mqtt_hash = mqtt_next_hash, mqtt_next_user = '', "
+                "mqtt_next_hash = '' where appliance_id = ? and mqtt_next_user = ? and mqtt_next_user != ''",
+                [appliance_id, user]).rowcount
+            if not changed:
+                return None
+            _audit(db, actor, "appliance.mqtt_rotated", appliance_id, {"user": user})
+            row = db.execute(f"select {_APPLIANCE_SELECT} from appliances where appliance_id = ?",
+                             [appliance_id]).fetchone()
+            return _appliance(row)
+
+        return await self.db.write(write)
 
     async def remove_appliance(self, appliance_id: str, *, actor: str) -> None:
         def write(db: sqlite_utils.Database) -> None:

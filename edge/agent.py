@@ -17,12 +17,14 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from shared import topics
 from shared.envelope import Envelope
 from shared.errors import InvalidInput
+from shared.files import write_private
 from shared.messages import (
     REGISTRY,
     Ack,
@@ -31,10 +33,12 @@ from shared.messages import (
     DesiredFill,
     DesiredModel,
     Ping,
+    RotateCredentials,
     SetDraining,
     Telemetry,
 )
 from shared.mqtt import Announcement, MqttSession
+from shared.mqtt_auth import split_username
 from shared.spool import Spool
 from shared.tasks import TaskGroup
 
@@ -50,6 +54,7 @@ SOFTWARE = "nearcast-edge/0.1"
 DRAIN_FILE = "draining.json"
 DESIRED_FILE = "desired.json"
 _SEEN_COMMANDS = 1024
+ROTATE_CONNECT_TIMEOUT_S = 30.0  # a rotated login the broker refuses this long is given up for the old one
 
 DesiredHandler = Callable[[Envelope[Any]], Awaitable[None]]
 
@@ -72,8 +77,10 @@ class EdgeAgent:
         self._telemetry_seq = 0
         self.desired_handlers: dict[str, DesiredHandler] = {}
         aid = self.appliance_id
+        self.credentials_file: Path = config.mqtt.credentials_file or config.cache.dir / "mqtt-credentials.json"
         self.session = MqttSession(
-            config.mqtt, client_id=aid, registry=REGISTRY, metrics=metrics.mqtt,
+            replace(config.mqtt, credentials_file=self.credentials_file), client_id=aid, registry=REGISTRY,
+            metrics=metrics.mqtt,
             birth=Announcement(topics.appliance_status(aid), self.status("draining" if self.draining else "online")),
             will=Announcement(topics.appliance_status(aid), self.status("offline")),
             ack_topic=topics.appliance_acks(aid),
@@ -116,11 +123,53 @@ class EdgeAgent:
         elif isinstance(body, SetDraining):
             await self.set_draining(body.draining)
             ack = Ack(env.id, env.type, "done", detail={"draining": self.draining})
+        elif isinstance(body, RotateCredentials):
+            await self._rotate_credentials(env, body)
+            return
         else:
             raise InvalidInput(f"{env.type} is not a command this appliance runs")
         self._remember(env.id, ack)
         self.metrics.commands.labels(env.type, "done").inc()
         await self._publish_ack(ack)
+
+    async def _rotate_credentials(self, env: Envelope[Any], body: RotateCredentials) -> None:
+        """Store the new login atomically, reconnect with it, and ack over the new connection.
+
+        The reconnect cannot happen inside this handler (it runs in the connection's own message loop),
+        so it is a task; a redelivered command is answered from ``_seen`` without a second switch.
+        """
+        aid, generation = split_username(body.username)
+        if aid != self.appliance_id or generation < 1:
+            raise InvalidInput(f"credentials for {body.username[:80]!r} are not a rotated login of this appliance")
+        if len(body.password) < 16 or not body.password.isprintable():
+            raise InvalidInput("a rotated MQTT password must be at least 16 printable characters")
+        previous = await asyncio.to_thread(self.session.settings.resolve_credentials)
+        await asyncio.to_thread(write_private, self.credentials_file,
+                                json.dumps({"username": body.username, "password": body.password}))
+        self._remember(env.id, Ack(env.id, env.type, "done", detail={"user": body.username}))
+        self._tasks.spawn(self._switch_login(env.id, env.type, body.username, previous), name="rotate credentials")
+
+    async def _switch_login(self, command_id: str, command_type: str, username: str,
+                            previous: tuple[str | None, str | None]) -> None:
+        before = self.session.connect_count
+        self.session.reconnect()
+        deadline = time.monotonic() + ROTATE_CONNECT_TIMEOUT_S
+        # connect_count is a counter, not an event: the old connection may still be up for a moment
+        while self.session.connect_count == before and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.session.connect_count == before and previous[0] and previous[1]:
+            # The broker never took the new login (not reloaded?): go back to the old one, which still works.
+            log.error("the broker refused the rotated MQTT login %s; going back to %s", username, previous[0])
+            await asyncio.to_thread(write_private, self.credentials_file,
+                                    json.dumps({"username": previous[0], "password": previous[1]}))
+            ack = Ack(command_id, command_type, "failed", "the broker refused the new login")
+            self._remember(command_id, ack)
+            self.metrics.commands.labels(command_type, "failed").inc()
+            await self._publish_ack(ack)
+            return
+        log.info("MQTT login rotated: connected as %s", username)
+        self.metrics.commands.labels(command_type, "done").inc()
+        await self._publish_ack(Ack(command_id, command_type, "done", detail={"user": username}))
 
     def _remember(self, msg_id: str, ack: Ack) -> None:
         self._seen[msg_id] = ack

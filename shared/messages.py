@@ -76,6 +76,18 @@ class SetDraining:
 
 
 @dataclass(frozen=True)
+class RotateCredentials:
+    """The appliance's next broker login, sent only on its own (ACL-protected) commands topic.
+
+    The appliance stores it, reconnects with it and acks ``done`` with ``detail.user`` over the new
+    connection; until then the broker accepts the old login too.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class FillSource:
     url: str
     kind: Literal["peer", "appliance", "origin"]
@@ -141,6 +153,7 @@ REGISTRY = Registry([
     MessageType("command.ack", 1, Ack),
     MessageType("command.ping", 1, Ping),
     MessageType("command.set_draining", 1, SetDraining),
+    MessageType("command.rotate_credentials", 1, RotateCredentials),
     MessageType("desired.fill", 1, DesiredFill),
     MessageType("desired.model", 1, DesiredModel),
     MessageType("desired.config", 1, DesiredConfig),

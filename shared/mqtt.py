@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import ssl
@@ -46,6 +47,9 @@ class MqttSettings:
     username: str = setting("", "User name for the broker; appliances use their appliance id.")
     password_file: Path | None = setting(None, "File holding the broker password (kept out of this file).")
     password: str = setting("", "Broker password; prefer password_file or the environment.", secret=True)
+    credentials_file: Path | None = setting(None, "JSON file {\"username\", \"password\"} that replaces username "
+                                            "and password once it exists: an appliance writes its rotated broker "
+                                            "login here (an edge's default: <cache dir>/mqtt-credentials.json).")
     tls: bool = setting(False, "Connect with TLS.")
     tls_ca_file: Path | None = setting(None, "CA bundle to verify the broker's certificate (TLS).")
     tls_cert_file: Path | None = setting(None, "Client certificate for mutual TLS.")
@@ -70,6 +74,23 @@ class MqttSettings:
             except OSError as exc:
                 raise ConfigError(f"mqtt.password_file {self.password_file}: {exc.strerror}") from None
         return None
+
+    def resolve_credentials(self) -> tuple[str | None, str | None]:
+        """``(username, password)`` for the next connect: the credentials file when there is one."""
+        if self.credentials_file is not None:
+            try:
+                doc = json.loads(self.credentials_file.read_text())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"mqtt.credentials_file {self.credentials_file}: {exc}") from None
+            else:
+                if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc.get(k)
+                                                        for k in ("username", "password")):
+                    raise ConfigError(f"mqtt.credentials_file {self.credentials_file}: expected "
+                                      '{"username": "...", "password": "..."}')
+                return doc["username"], doc["password"]
+        return self.username or None, self.resolve_password()
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -141,6 +162,7 @@ class MqttSession:
         self._client: aiomqtt.Client | None = None
         self._tasks = TaskGroup(f"mqtt[{client_id}]")
         self._stopping = False
+        self._reconnecting = False
         self.connect_count = 0
 
     # -- setup -----------------------------------------------------------------------------------
@@ -168,6 +190,15 @@ class MqttSession:
         await self._tasks.aclose()
         self.connected.clear()
         self.metrics.connected.set(0)
+
+    def reconnect(self) -> None:
+        """Close the connection cleanly (no Will): the loop connects again, reading the credentials anew."""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            # aiomqtt has no public way out of ``messages`` short of leaving its context: a clean DISCONNECT
+            # through paho ends the iteration, and the loop's ordinary reconnect takes over.
+            self._reconnecting = True
+            client._client.disconnect()
 
     @property
     def stopping(self) -> bool:
@@ -223,7 +254,7 @@ class MqttSession:
         return env.id
 
     # -- the connection loop ----------------------------------------------------------------------
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, username: str | None, password: str | None) -> aiomqtt.Client:
         metrics = self.metrics
 
         class CountingQueue(asyncio.Queue[aiomqtt.Message]):
@@ -241,7 +272,7 @@ class MqttSession:
                                 qos=1, retain=True)
         return aiomqtt.Client(
             self.settings.host, self.settings.port,
-            username=self.settings.username or None, password=self.settings.resolve_password(),
+            username=username, password=password,
             identifier=self.client_id, will=will, keepalive=self.settings.keepalive_s,
             tls_context=self.settings.tls_context(), queue_type=CountingQueue,
             max_queued_incoming_messages=self.settings.inbound_queue, timeout=10,
@@ -251,7 +282,14 @@ class MqttSession:
     async def _run(self) -> None:
         delay = self.settings.reconnect_min_s
         while not self._stopping:
-            client = self._make_client()
+            try:  # read at every connect: a rotated login takes effect at the next one
+                username, password = await asyncio.to_thread(self.settings.resolve_credentials)
+            except ConfigError as exc:
+                log.error("MQTT credentials unusable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+                continue
+            client = self._make_client(username, password)
             try:
                 async with client:
                     self._client = client
@@ -269,10 +307,13 @@ class MqttSession:
                     async for message in client.messages:
                         await self._dispatch(message)
             except aiomqtt.MqttError as exc:
-                if not self.stopping:
+                if self._reconnecting:
+                    log.info("MQTT reconnecting to %s:%s as asked", self.settings.host, self.settings.port)
+                elif not self.stopping:
                     log.warning("MQTT connection to %s:%s lost or refused: %s; retrying in %.1fs",
                                 self.settings.host, self.settings.port, exc, delay)
             finally:
+                self._reconnecting = False
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 self._client = None

@@ -1,9 +1,13 @@
-"""Generated passwd/ACL files on a private Mosquitto: each appliance is confined to its own topics."""
+"""Generated passwd/ACL files on a private Mosquitto: each appliance is confined to its own topics.
+
+The control plane reloads Mosquitto itself (``broker.reload = "pid:..."``): an appliance enrolled over
+the API logs in with no manual step, and a removed one is cut off.  The cases are the shared table in
+``tests/mqtt_acl_cases.py`` (the embedded broker runs the same table in ``tests/shared/test_broker.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,9 +17,9 @@ import pytest
 
 from control import mosquitto
 from shared import topics
-from shared.messages import REGISTRY, ApplianceStatus, Ping, Telemetry
-from shared.tasks import TaskGroup
+from shared.mqtt_auth import Acl
 from tests.conftest import Mosquitto
+from tests.mqtt_acl_cases import A, B, check_acl, check_logins, expected_acl, expected_logins
 
 from .conftest import eventually
 
@@ -34,72 +38,79 @@ def test_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
 
 
 def test_password_file_refuses_format_breaking_names() -> None:
-    with pytest.raises(Exception, match="user name"):
-        mosquitto.password_file({"a:b": mosquitto.hash_password("x")})
+    for bad in ("a:b", "a b", "x@", "x@0", "x@01", "@1", "a/b", "a#"):
+        with pytest.raises(Exception, match="user name"):
+            mosquitto.password_file({bad: mosquitto.hash_password("x")})
     with pytest.raises(Exception, match="form"):
         mosquitto.password_file({"a": "plain"})
+    assert mosquitto.password_file({"edge-a@2": "$7$1$AA$AA"}) == "edge-a@2:$7$1$AA$AA\n"
 
 
-async def _collect(client: aiomqtt.Client, into: list[str]) -> None:
-    async for message in client.messages:
-        into.append(message.topic.value)
+def test_a_rotated_user_gets_exactly_its_appliances_topics() -> None:
+    acl = Acl.parse(mosquitto.acl_file("control", ["edge-a", "edge-a@2", "control"]))
+    assert set(acl.users) == {"control", "edge-a@2"}  # generation 0 needs no section: the %u patterns cover it
+    for user in ("edge-a", "edge-a@2"):
+        assert acl.allows(user, "edge-a", topics.appliance_telemetry("edge-a"), "write")
+        assert acl.allows(user, "edge-a", topics.appliance_commands("edge-a"), "read")
+        assert not acl.allows(user, "edge-a", topics.appliance_commands("edge-a"), "write")
+        assert not acl.allows(user, "edge-a", topics.appliance_telemetry("edge-b"), "write")
+        assert not acl.allows(user, "edge-a", topics.appliance_commands("edge-b"), "read")
+    # The pattern, applied to the rotated name itself, names topics no appliance can have.
+    assert not acl.allows("edge-a@2", "x", f"{topics.ROOT}/appliances/edge-a/x", "write")
 
 
-async def test_appliance_cannot_touch_another_appliances_topics(tmp_path: Path, control_factory: Any) -> None:
+def test_reload_setting_is_checked() -> None:
+    assert mosquitto.check_reload("") is None
+    assert mosquitto.check_reload("pid:/run/mosquitto/mosquitto.pid") is None
+    assert mosquitto.check_reload("command:systemctl reload mosquitto") is None
+    for bad in ("sighup", "pid:", "command:  ", "command:'unterminated", "exec:x"):
+        assert mosquitto.check_reload(bad) is not None
+
+
+async def test_enrolled_appliances_are_confined_and_reload_needs_no_manual_step(
+        tmp_path: Path, control_factory: Any) -> None:
     broker = Mosquitto(tmp_path)
     files = broker.workdir
+    pid_file = files / "mosquitto.pid"
     control_password = mosquitto.new_password()
     mosquitto.write_broker_files(files, {"control": mosquitto.hash_password(control_password)}, "control")
     broker.extra_config = (f"allow_anonymous false\npassword_file {files / 'passwd'}\n"
-                           f"acl_file {files / 'acl'}\n")
+                           f"acl_file {files / 'acl'}\npid_file {pid_file}\n")
     broker.start()
     try:
+        await eventually(pid_file.exists)
         h = await control_factory({"mqtt": {"username": "control", "password": control_password},
-                                   "broker": {"files_dir": str(files)}}, broker_port=broker.port)
-        a = await h.enroll("edge-a", site="s1")
-        b = await h.enroll("edge-b", site="s1")
-        assert broker.proc is not None
-        broker.proc.send_signal(signal.SIGHUP)  # mosquitto re-reads passwd and acl
-        await asyncio.sleep(0.5)
+                                   "broker": {"files_dir": str(files), "reload": f"pid:{pid_file}"}},
+                                  broker_port=broker.port)
+        passwords = {A: (await h.enroll(A, site="s1"))["mqtt"]["password"],
+                     B: (await h.enroll(B, site="s1"))["mqtt"]["password"]}
 
-        with pytest.raises(aiomqtt.MqttError):
-            async with h.mqtt("intruder", "edge-a", "wrong"):
-                pass
+        def connect(client_id: str, username: str | None, password: str | None) -> aiomqtt.Client:
+            return aiomqtt.Client("127.0.0.1", broker.port, identifier=client_id, username=username,
+                                  password=password)
 
-        seen_a: list[str] = []
-        seen_b: list[str] = []
-        async with h.mqtt("edge-a", "edge-a", a["mqtt"]["password"]) as ca, \
-                h.mqtt("edge-b", "edge-b", b["mqtt"]["password"]) as cb:
-            # A tries to read B's commands and desired state; B reads its own.
-            await ca.subscribe(f"{topics.ROOT}/appliances/edge-b/commands", qos=1)
-            await ca.subscribe(f"{topics.ROOT}/appliances/edge-b/desired/+", qos=1)
-            await ca.subscribe(f"{topics.ROOT}/appliances/edge-a/commands", qos=1)
-            await cb.subscribe(f"{topics.ROOT}/appliances/edge-b/commands", qos=1)
-            readers = TaskGroup("acl-test")
-            for c, s in ((ca, seen_a), (cb, seen_b)):
-                readers.spawn(_collect(c, s), name="collect")
-            # A pretends to be B: status and telemetry on B's topics.
-            await ca.publish(topics.appliance_status("edge-b"), REGISTRY.encode(
-                ApplianceStatus("online", "x", 0, "http://evil"), sender="edge-b"), qos=1, retain=True)
-            await ca.publish(topics.appliance_telemetry("edge-b"), REGISTRY.encode(
-                Telemetry(1, 10.0), sender="edge-b"), qos=1)
-            # A's own status goes through: the positive control for the negative checks.
-            await h.announce(ca, "edge-a", "http://127.0.0.1:1")
-            await eventually(lambda: h.ctx.fleet.get("edge-a") is not None)
-            await h.ctx.session.publish(topics.appliance_commands("edge-b"), Ping("for b"))
-            await h.ctx.session.publish(topics.appliance_commands("edge-a"), Ping("for a"))
-            await eventually(lambda: seen_b and f"{topics.ROOT}/appliances/edge-a/commands" in seen_a)
-            await asyncio.sleep(0.3)
-            await readers.aclose()
-        assert seen_a == [f"{topics.ROOT}/appliances/edge-a/commands"]
-        assert seen_b == [f"{topics.ROOT}/appliances/edge-b/commands"]
-        assert h.ctx.fleet.get("edge-b") is None
-        # Removing an appliance revokes its broker login at the next reload.
-        assert (await h.call("DELETE", "/v1/appliances/edge-b"))[0] == 200
-        broker.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        async def b_gets_in() -> bool:  # Mosquitto handles the SIGHUP in its next loop turn
+            try:
+                async with connect("probe", B, passwords[B]):
+                    return True
+            except aiomqtt.MqttError:
+                return False
+
+        await eventually(b_gets_in)
+        assert await check_logins(connect, passwords) == expected_logins()
+        assert await check_acl(connect, passwords, "control", control_password) == expected_acl()
+        assert h.ctx.fleet.get(B) is None  # A's forged status for B never reached the control plane
+
+        # Removing an appliance revokes its login: the control plane reloads Mosquitto, which drops B's
+        # open connection and refuses it from then on.
+        async with connect(B, B, passwords[B]) as cb:
+            assert (await h.call("DELETE", f"/v1/appliances/{B}"))[0] == 200
+            with pytest.raises(aiomqtt.MqttError):
+                async with asyncio.timeout(10):
+                    async for _ in cb.messages:
+                        pass
         with pytest.raises(aiomqtt.MqttError):
-            async with h.mqtt("edge-b2", "edge-b", b["mqtt"]["password"]):
+            async with connect("b-again", B, passwords[B]):
                 pass
     finally:
         broker.cleanup()

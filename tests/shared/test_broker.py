@@ -146,3 +146,7 @@ async def test_nobody_can_take_over_another_identitys_session(broker: EmbeddedBr
             async for message in cb.messages:
                 assert message.payload == b"still yours"
                 break
+    # The same appliance under a rotated user name may take its own client id over.
+    _write(broker.files.password_file.parent, {"control": CONTROL_PW, **PASSWORDS, "edge-b@1": "rotated"})
+    async with connect(B, B, PASSWORDS[B]), connect(B, "edge-b@1", "rotated") as cb1:
+        await cb1.publish(topics.appliance_telemetry(B), b"x", qos=1)

@@ -129,9 +129,9 @@ async def test_edge_over_tls_and_credential_rotation_without_downtime(
         assert res.exit_code == 0, res.output
         assert f"{AID}@1" in res.output
 
-        async def rotated() -> bool:
+        async def rotated(generation: int = 1) -> bool:
             status, body = await h.call("GET", f"/v1/appliances/{AID}")
-            return status == 200 and body["mqtt"] == {"user": f"{AID}@1", "rotating_to": None}
+            return bool(status == 200 and body["mqtt"] == {"user": f"{AID}@{generation}", "rotating_to": None})
 
         await eventually(rotated, timeout=30)
         await eventually(lambda: len(seqs) >= before + 5, timeout=30)  # still reporting, under the new login
@@ -150,10 +150,20 @@ async def test_edge_over_tls_and_credential_rotation_without_downtime(
         # A second rotation right after works the same way (generation 2).
         status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials")
         assert status == 202 and body["mqtt"]["rotating_to"] == f"{AID}@2"
-        await eventually(lambda: json.loads(creds_file.read_text())["username"] == f"{AID}@2", timeout=30)
+        await eventually(lambda: rotated(2), timeout=30)
         status, audit = await h.call("GET", "/v1/audit?limit=100")
         actions = [e["action"] for e in audit["entries"] if e["target"] == AID]
         assert {"appliance.mqtt_rotate", "appliance.mqtt_rotate_sent", "appliance.mqtt_rotated"} <= set(actions)
+
+        # Rotated while the edge is down: the broker keeps the command in the edge's session; the edge
+        # comes back with its stored login (@2), gets the command and moves to @3.
+        assert edge.stop() == 0
+        status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials")
+        assert status == 202 and body["mqtt"] == {"user": f"{AID}@2", "rotating_to": f"{AID}@3"}
+        edge = daemons(["edge", "serve", "--config", str(edge_dir / "edge.toml")], f"{AID}-again")
+        await asyncio.to_thread(edge.wait_http, f"http://127.0.0.1:{http_port}/healthz")
+        await eventually(lambda: rotated(3), timeout=30)
+        assert json.loads(creds_file.read_text())["username"] == f"{AID}@3"
         await watchers.aclose()
         edge.stop()
     finally:

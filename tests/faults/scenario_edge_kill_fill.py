@@ -153,26 +153,24 @@ class Reader(threading.Thread):
             with self.tally.lock:
                 self.tally.errors.append(f"{what}: HTTP {status} {body[:200]!r}")
             return
-        # Every version whose bytes this is (a short range may match several): judged by the newest.
-        found: Version | None = None
-        for v in versions:
-            if path not in v.files or (found is not None and v.gen < found.gen):
-                continue
-            if _same(v, path, status, m, body):
-                found = v
+        # Every version whose bytes this is: a short range (the last byte of a playlist) may match several.
+        matching = [v for v in versions if path in v.files and _same(v, path, status, m, body)]
         with self.tally.lock:
-            if found is None:
+            if not matching:
                 self.tally.bad.append(f"{what}: HTTP {status}, {len(body)} bytes matching no version "
                                       f"(content-range {headers.get('content-range')!r})")
                 return
             self.tally.verified += 1
             newest = self.newest.get(title, -1)
             final = self.cat.final.get(title)
-            if found.gen < newest:
-                self.tally.stale.append(f"{what}: served {found.version} after {title} generation {newest}")
-            elif final is not None and found.version != final:
-                self.tally.stale.append(f"{what}: served {found.version} once the plan holding {final} was done")
-            self.newest[title] = max(newest, found.gen)
+            # Stale only if every version it could be is older than one already served; and what is
+            # known served is only the oldest it could be.
+            best = max(matching, key=lambda v: v.gen)
+            if best.gen < newest:
+                self.tally.stale.append(f"{what}: served {best.version} after {title} generation {newest}")
+            elif final is not None and all(v.version != final for v in matching):
+                self.tally.stale.append(f"{what}: served {best.version} once the plan holding {final} was done")
+            self.newest[title] = max(newest, min(v.gen for v in matching))
 
 
 class Plan:
@@ -191,7 +189,8 @@ class Plan:
         refs = []
         for title in TITLES:
             version = f"g{self.gen:04d}"
-            files = {"hls/master.m3u8": b"#EXTM3U\n#" + self.rng.randbytes(300).hex().encode() + b"\n",
+            files = {"hls/master.m3u8": b"#EXTM3U\n#" + self.rng.randbytes(self.rng.randrange(200, 400)).hex().encode()
+                     + b"\n",
                      "hls/init.mp4": self.rng.randbytes(self.rng.randrange(800, 3000))}
             for i in range(SEGMENTS):
                 files[f"hls/seg_{i:02d}.m4s"] = self.rng.randbytes(self.rng.randrange(100_000, 300_000))

@@ -5,9 +5,14 @@
    CLI (Debian's), alternating, best of ``--repeat``.  Prints ffmpeg_time / pyav_time: 1.0 means
    PyAV is as fast, the goal is >= 0.95.
 2. The whole fixed-ladder ingest (all rungs, audio, packaging, publication; no artwork) with
-   chunk-parallel workers against one worker with single-threaded encoders (the sequential
-   reference) and one worker with threaded encoders.  Prints parallel / sequential wall time:
-   the goal on 2 cores is <= 0.6.
+   chunk-parallel workers (one per CPU) against the sequential reference: one worker, pinned
+   with its process to one CPU (sched_setaffinity).  Pinning matters: an unpinned single
+   worker is not sequential, its decode-and-scale thread runs on the other CPU beside the
+   encoder (~1.3 cores), which is what the session-1 reference measured; that run is printed
+   too.  Prints parallel / sequential wall time: the goal on 2 cores is <= 0.6.  Also prints
+   the CPU-time accounting (control.encode.stats): per phase in the ingesting process, per job
+   kind in the workers, worker start-up, and a load-independent model of both wall times on an
+   idle machine (serial CPU + worker start-up + the jobs' makespan on N cores).
 
     .venv/bin/python bench/encode.py [--seconds 24] [--width 960 --height 540] [--repeat 2]
 
@@ -32,6 +37,7 @@ from control.encode.encoder import MOVFLAGS, ChunkJob, encode_chunk, encoder_set
 from control.encode.pipeline import ingest
 from control.encode.probe import probe
 from control.encode.spec import IngestSpec, VideoRung
+from control.encode.stats import IngestStats
 from control.encode.synth import make_master
 
 
@@ -66,12 +72,27 @@ def ffmpeg_encode(
     return time.perf_counter() - t0, _cpu() - c0
 
 
-def ladder_time(master: Path, root: Path, name: str, workers: int, threads: int, seg: float) -> tuple[float, float]:
+def ladder_time(master: Path, root: Path, name: str, workers: int, threads: int, seg: float,
+                cpus: set[int] | None = None) -> tuple[float, float, IngestStats]:
+    """One fixed-ladder ingest; with ``cpus``, it and its worker processes run only on those CPUs."""
     spec = IngestSpec(title_id=name, name=name, ladder="fixed", segment_seconds=seg, workers=workers,
                       encoder_threads=threads, artwork_candidates=0)
-    t0, c0 = time.perf_counter(), _cpu()
-    ingest(master, root / "origin", root / "keys", spec)
-    return time.perf_counter() - t0, _cpu() - c0
+    stats = IngestStats()
+    before = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # spawned workers inherit it
+    try:
+        t0, c0 = time.perf_counter(), _cpu()
+        ingest(master, root / "origin", root / "keys", spec, stats=stats)
+        return time.perf_counter() - t0, _cpu() - c0, stats
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def model(stats: IngestStats, workers: int) -> float:
+    """Wall seconds on an idle machine with ``workers`` cores, from CPU times (see IngestStats.makespan)."""
+    startup = max(0.0, stats.workers_cpu - stats.job_cpu()) / max(1, stats.workers)
+    return stats.serial_cpu() + startup + stats.makespan(workers)
 
 
 def main() -> int:
@@ -112,22 +133,31 @@ def main() -> int:
         print(f"  pyav   {py:6.2f} s   ({n / py:6.1f} fps, {py_cpu:6.2f} CPU s)")
         print(f"  ffmpeg {ff:6.2f} s   ({n / ff:6.1f} fps, {ff_cpu:6.2f} CPU s)")
         print(f"  speed ratio ffmpeg_time/pyav_time = {ff / py:.3f}   (goal >= 0.95)")
+        print(f"  CPU-time ratio ffmpeg/pyav = {ff_cpu / py_cpu:.3f} (load-independent: the same work done?)")
         cpus = os.cpu_count() or 1
-        runs: dict[str, list[tuple[float, float]]] = {"par": [], "seq": [], "thr": []}
+        one_cpu = {min(os.sched_getaffinity(0))}
+        runs: dict[str, list[tuple[float, float, IngestStats]]] = {"par": [], "seq": [], "one": []}
         for i in range(args.repeat):  # alternate, keep the best: other load on the machine only slows runs down
             runs["par"].append(ladder_time(master, root, f"par{i}", cpus, 1, args.segment))
-            runs["seq"].append(ladder_time(master, root, f"seq{i}", 1, 1, args.segment))
-            runs["thr"].append(ladder_time(master, root, f"thr{i}", 1, cpus, args.segment))
-        (par, par_cpu), (seq, seq_cpu), (seq_thr, thr_cpu) = (min(runs[k]) for k in ("par", "seq", "thr"))
+            runs["seq"].append(ladder_time(master, root, f"seq{i}", 1, 1, args.segment, one_cpu))
+            runs["one"].append(ladder_time(master, root, f"one{i}", 1, 1, args.segment))
+        (par, par_cpu, par_st), (seq, seq_cpu, seq_st), (one, one_cpu_s, _) = (
+            min(runs[k], key=lambda r: r[0]) for k in ("par", "seq", "one"))
         print(f"fixed-ladder ingest (all rungs + audio + packaging), {cpus} CPUs, best of {args.repeat}:")
-        print(f"  chunk-parallel ({cpus} workers x 1 thread)  {par:6.2f} s  {par_cpu:6.2f} CPU s")
-        print(f"  sequential (1 worker x 1 thread)          {seq:6.2f} s  {seq_cpu:6.2f} CPU s")
-        print(f"  sequential (1 worker x {cpus} threads)         {seq_thr:6.2f} s  {thr_cpu:6.2f} CPU s")
-        print(f"  ratio parallel/sequential = {par / seq:.3f}   (goal <= 0.6)")
+        print(f"  chunk-parallel ({cpus} workers x 1 thread)       {par:6.2f} s  {par_cpu:6.2f} CPU s")
+        print(f"  sequential (1 worker, pinned to one CPU)     {seq:6.2f} s  {seq_cpu:6.2f} CPU s")
+        print(f"  1 worker, unpinned (its decode thread may take the other CPU) {one:6.2f} s  {one_cpu_s:6.2f} CPU s")
+        print(f"  ratio parallel/sequential(1 CPU) = {par / seq:.3f}   (goal <= 0.6)")
+        print(f"  ratio parallel/1-worker-unpinned = {par / one:.3f}   (the session-1 reference)")
+        print(f"  cores obtained: parallel {par_cpu / par:.2f}, sequential {seq_cpu / seq:.2f}, unpinned "
+              f"{one_cpu_s / one:.2f} (parallel below ~1.8: neighbours held the second core)")
         print(f"  CPU-time ratio parallel/sequential = {par_cpu / seq_cpu:.3f} (the cost of chunking)")
-        print(f"  cores obtained: parallel {par_cpu / par:.2f}, sequential {seq_cpu / seq:.2f} "
-              "(parallel below ~1.8: neighbours held the second core)")
-        print(f"  ratio parallel/threaded-sequential = {par / seq_thr:.3f}")
+        print(f"  modelled from CPU times, idle machine: parallel {model(par_st, cpus):.2f} s, sequential "
+              f"{model(seq_st, 1):.2f} s, ratio {model(par_st, cpus) / model(seq_st, 1):.3f}")
+        for label, st in (("parallel", par_st), ("sequential", seq_st)):
+            print(f"  where the time went, {label}:")
+            for line in st.lines():
+                print(f"    {line}")
     return 0
 
 

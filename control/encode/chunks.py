@@ -47,18 +47,33 @@ def segment_starts(n_frames: int, fps: Fraction, segment_seconds: float) -> tupl
     return tuple(starts)
 
 
-def plan_chunks(starts: tuple[int, ...], n_frames: int, workers: int, per_worker: int = 3) -> tuple[Chunk, ...]:
-    """Group segments into about ``workers * per_worker`` chunks of similar length.
+def plan_chunks(starts: tuple[int, ...], n_frames: int, workers: int) -> tuple[Chunk, ...]:
+    """Group segments into chunks that shrink towards the end of the title (guided scheduling).
 
-    More chunks than workers keeps both cores busy to the end when chunks differ in difficulty;
-    one worker gets one chunk (no joins, no repeated decoder seeks).
+    Each chunk takes about ``1 / (2 * workers)`` of the segments still unassigned, but at least
+    ``1 / (8 * workers)`` of them all (and one), so there are at most about ``5 * workers`` chunks.  Workers take
+    chunks in order, so the big ones go first and the last few are small: when one worker
+    finishes, the other has little left, instead of up to a whole equal-sized chunk.  One worker
+    gets one chunk (no joins, no repeated decoder seeks).
     """
     if not starts or starts[0] != 0:
         raise ValueError("segment starts must begin at frame 0")
-    n_chunks = 1 if workers <= 1 else min(len(starts), workers * per_worker)
-    bounds = [starts[round(i * len(starts) / n_chunks)] for i in range(n_chunks)]
+    total = len(starts)
+    sizes: list[int] = []
+    if workers <= 1:
+        sizes = [total]
+    else:
+        least = math.ceil(total / (8 * workers))
+        left = total
+        while left:
+            size = min(left, max(least, math.ceil(left / (2 * workers))))
+            sizes.append(size)
+            left -= size
     chunks: list[Chunk] = []
-    for i, first in enumerate(bounds):
-        end = bounds[i + 1] if i + 1 < len(bounds) else n_frames
-        chunks.append(Chunk(i, first, end, tuple(s for s in starts if first <= s < end)))
+    first_seg = 0
+    for i, size in enumerate(sizes):
+        first = starts[first_seg]
+        end = starts[first_seg + size] if first_seg + size < total else n_frames
+        chunks.append(Chunk(i, first, end, starts[first_seg:first_seg + size]))
+        first_seg += size
     return tuple(chunks)

@@ -23,14 +23,15 @@ from typing import Any, TypeVar
 from . import artwork, dash, fileset, hls
 from .chunks import frame_count, plan_chunks, segment_starts
 from .crypto import TitleKey, aes128_encrypt, key_path, new_key, write_key
-from .encoder import AudioJob, CencKey, ChunkJob, encode_audio, encode_chunk
+from .encoder import AUDIO_BITRATE, AudioJob, CencKey, ChunkJob, encode_audio, encode_chunk
 from .errors import EncodeFailed, IngestCancelled, IngestError, TitleExists
 from .fileset import FileSetManifest
 from .ladder import RDPoint, fixed_ladder, per_title_ladder
-from .package import Track, join_chunks
+from .package import Track, TrackJoiner, join_chunks
 from .probe import ProbeResult, probe
 from .quality import measure_points
 from .spec import IngestSpec, VideoRung
+from .stats import IngestStats, cpu_children, timed_call
 
 Progress = Callable[[str, float], None]
 AUDIO_ID = "audio_aac"
@@ -63,6 +64,7 @@ def ingest(
     spec: IngestSpec,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    stats: IngestStats | None = None,
 ) -> FileSetManifest:
     """Encode ``master`` into ``origin_root/<title_id>/`` and return its manifest.
 
@@ -71,33 +73,41 @@ def ingest(
     processes are terminated and :class:`IngestCancelled` is raised.  Raises a :class:`BadMaster`
     subclass for garbage input, :class:`TitleExists` if the title is already published.  The
     caller serialises ingests per ``title_id`` (two concurrent ingests of one title would race
-    for its key file).
+    for its key file).  ``stats``, if given, is filled with where the time went (phases, jobs).
     """
     report = progress or (lambda stage, fraction: None)
+    clock = stats if stats is not None else IngestStats()
     if (origin_root / spec.title_id).exists():
         raise TitleExists(f"title {spec.title_id!r} already exists in the origin store")
     report("probe", 0.0)
-    info = probe(master)
+    with clock.phase("probe"):
+        info = probe(master)
     try:
         staging = fileset.new_staging(origin_root, spec.title_id)
     except OSError as exc:
         raise EncodeFailed(f"cannot create a staging directory in {origin_root}: {exc.strerror or exc}") from exc
     try:
+        children0 = cpu_children()
         with worker_pool(spec) as pool:
-            runner = Runner(pool, cancel)
-            plan = make_plan(info, spec, runner, report)
+            runner = Runner(pool, cancel, clock)
+            with clock.phase("plan"):
+                plan = make_plan(info, spec, runner, report)
             key = new_key(spec.title_id, spec.encrypt) if spec.encrypt != "none" else None
             videos, audio = encode_and_package(master, info, plan, spec, staging, runner, key, report)
+            clock.workers = _workers(spec)[0]
+        clock.workers_cpu += cpu_children() - children0
         if cancel is not None and cancel.is_set():
             raise IngestCancelled("ingest cancelled")
         report("package", 0.9)
-        write_manifests(staging, spec, info, videos, audio, key)
-        manifest = _manifest(staging, spec, info, plan, videos, audio, key)
-        (staging / fileset.MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
+        with clock.phase("manifests"):
+            write_manifests(staging, spec, info, videos, audio, key)
+            manifest = _manifest(staging, spec, info, plan, videos, audio, key)
+            (staging / fileset.MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=1))
         if key is not None:
             write_key(keys_dir, key)
         try:
-            fileset.publish(staging, origin_root, spec.title_id)
+            with clock.phase("publish"):
+                fileset.publish(staging, origin_root, spec.title_id)
         except BaseException:
             if key is not None:
                 key_path(keys_dir, spec.title_id).unlink(missing_ok=True)
@@ -129,19 +139,33 @@ def _worker_init() -> None:
 class Runner:
     """Runs batches of jobs on the pool, honouring cancellation between and during jobs."""
 
-    def __init__(self, pool: cf.ProcessPoolExecutor, cancel: threading.Event | None) -> None:
+    def __init__(self, pool: cf.ProcessPoolExecutor, cancel: threading.Event | None,
+                 stats: IngestStats | None = None) -> None:
         self.pool = pool
         self.cancel = cancel
+        self.stats = stats
 
-    def map(self, fn: Callable[[Any], T], jobs: Sequence[Any], on_done: Callable[[int], None]) -> list[T]:
-        futures = [self.pool.submit(fn, job) for job in jobs]
+    def map(
+        self,
+        fn: Callable[[Any], T],
+        jobs: Sequence[Any],
+        on_done: Callable[[int], None],
+        on_result: Callable[[int, T], None] | None = None,
+    ) -> list[T]:
+        """``[fn(job) for job in jobs]`` on the workers; ``on_result(i, result)`` as each job finishes."""
+        futures = [self.pool.submit(timed_call, fn, job) for job in jobs]
+        index = {f: i for i, f in enumerate(futures)}
         pending = set(futures)
         done_count = 0
         try:
             while pending:
                 done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    fut.result()  # re-raise the first failure
+                for fut in sorted(done, key=index.__getitem__):
+                    result, timing = fut.result()  # re-raise the first failure
+                    if self.stats is not None:
+                        self.stats.jobs.append(timing)
+                    if on_result is not None:
+                        on_result(index[fut], result)
                 done_count += len(done)
                 on_done(done_count)
                 if self.cancel is not None and self.cancel.is_set():
@@ -153,7 +177,7 @@ class Runner:
             if isinstance(exc, cf.process.BrokenProcessPool):
                 raise EncodeFailed("a worker process died mid-job (killed, or out of memory)") from None
             raise
-        return [f.result() for f in futures]
+        return [f.result()[0] for f in futures]
 
 
 def _terminate(pool: cf.ProcessPoolExecutor) -> None:
@@ -214,23 +238,43 @@ def encode_and_package(
     if info.has_audio:
         jobs.append(AudioJob(os.fspath(master), info.start_time, duration, spec.segment_seconds,
                              os.fspath(work / "audio.mp4"), cenc))
+    # Join as results come in: each rendition's chunks in title order, the audio when it is done,
+    # so the packaging of early chunks overlaps the encoding of later ones (chunks are queued in
+    # title order, and the big ones first, so they mostly finish in order too).
+    joiners = {rung.id: TrackJoiner(staging, rung.id, kind="video", codec_family=rung.codec, fps=plan.fps,
+                                    target_bitrate=rung.bitrate) for rung in plan.rungs}
+    first_chunk = len(jobs)
+    arrived: dict[int, dict[str, str]] = {}
+    joined = 0
+    audio: Track | None = None
+
+    def on_result(i: int, result: object) -> None:
+        nonlocal joined, audio
+        if isinstance(jobs[i], AudioJob) and isinstance(result, str):
+            audio = join_chunks([(0, result)], staging, AUDIO_ID, kind="audio", codec_family="aac", fps=None,
+                                target_bitrate=AUDIO_BITRATE)
+        elif isinstance(result, dict):
+            arrived[i - first_chunk] = result
+            while joined in arrived:
+                paths = arrived.pop(joined)
+                for rung in plan.rungs:
+                    joiners[rung.id].add(chunks[joined].start_frame, paths[rung.id])
+                    os.unlink(paths[rung.id])
+                joined += 1
+
     jobs += [
         ChunkJob(os.fspath(master), info.start_time, plan.fps, c.start_frame, c.end_frame, c.keyframes, gop,
                  plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc)
         for c in chunks
     ]
     total = len(jobs)
-    results = runner.map(_run_job, jobs, lambda n: report("encode", 0.2 + 0.65 * n / total))
-    chunk_paths: list[dict[str, str]] = [r for r in results if isinstance(r, dict)]
-    videos = [
-        join_chunks([(c.start_frame, paths[rung.id]) for c, paths in zip(chunks, chunk_paths, strict=True)], staging,
-                    rung.id, kind="video", codec_family=rung.codec, fps=plan.fps, target_bitrate=rung.bitrate)
-        for rung in plan.rungs
-    ]
-    audio = None
-    if info.has_audio:
-        audio = join_chunks([(0, os.fspath(work / "audio.mp4"))], staging, AUDIO_ID, kind="audio",
-                            codec_family="aac", fps=None, target_bitrate=128_000)
+    clock = runner.stats if runner.stats is not None else IngestStats()
+    with clock.phase("encode+join"):
+        runner.map(_run_job, jobs, lambda n: report("encode", 0.2 + 0.65 * n / total), on_result)
+    with clock.phase("join"):
+        if joined != len(chunks) or (info.has_audio and audio is None):
+            raise EncodeFailed(f"joined {joined} of {len(chunks)} chunks")
+        videos = [joiners[rung.id].finish() for rung in plan.rungs]
     fileset.discard(work)
     if key is not None and key.scheme == "aes128":
         for track in [*videos, *([audio] if audio else [])]:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control.encode.chunks import frame_count, plan_chunks, segment_starts
+from control.encode.stats import IngestStats, JobTime
 
 
 def test_encode_segment_starts_integer_rate() -> None:
@@ -41,9 +42,27 @@ def test_encode_chunks_cover_every_frame_once(n: int, seg: float, workers: int, 
         assert a.end_frame == b.start_frame
     assert [k for c in chunks for k in c.keyframes] == list(starts)
     assert all(c.keyframes and c.keyframes[0] == c.start_frame for c in chunks)
-    assert len(chunks) <= max(1, workers * 3)
+    assert len(chunks) <= max(1, workers * 5 + 1)
+    segments = [len(c.keyframes) for c in chunks]
+    assert segments == sorted(segments, reverse=True)  # big chunks first, the small ones last
+
+
+def test_encode_chunks_shrink_towards_the_end() -> None:
+    starts = tuple(range(0, 48 * 12, 48))  # 12 segments
+    assert [len(c.keyframes) for c in plan_chunks(starts, 48 * 12, 2)] == [3, 3, 2, 1, 1, 1, 1]
+    assert [len(c.keyframes) for c in plan_chunks(starts, 48 * 12, 1)] == [12]
+    sizes = [len(c.keyframes) for c in plan_chunks(tuple(range(1000)), 1000, 2)]
+    assert sizes[0] == 250 and sizes[-1] <= 63 and len(sizes) <= 11
 
 
 def test_encode_plan_rejects_starts_not_at_zero() -> None:
     with pytest.raises(ValueError):
         plan_chunks((5, 10), 20, 2)
+
+
+def test_encode_makespan_models_workers_taking_jobs_in_order() -> None:
+    stats = IngestStats(jobs=[JobTime("ChunkJob", cpu, start, start + 1, 1) for start, cpu in
+                              enumerate((3.0, 3.0, 2.0, 1.0, 1.0))])
+    assert stats.makespan(1) == 10.0
+    assert stats.makespan(2) == 5.0  # 3+2 | 3+1+1
+    assert stats.makespan(8) == 3.0

@@ -15,6 +15,7 @@ from control.encode.errors import EncodeFailed, IngestCancelled
 from control.encode.ladder import CRF_GRID
 from control.encode.pipeline import ingest
 from control.encode.spec import IngestSpec
+from control.encode.stats import IngestStats
 from control.encode.synth import make_master
 
 
@@ -87,10 +88,16 @@ def test_encode_auto_ladder_records_points_and_picks_from_them(tmp_path: Path, s
 def test_encode_progress_is_monotonic_and_ends_done(tmp_path: Path, small_master: Path) -> None:
     seen: list[tuple[str, float]] = []
     spec = IngestSpec(title_id="prog", name="Prog", ladder="fixed", workers=2, artwork_candidates=0)
-    ingest(small_master, tmp_path, tmp_path / "keys", spec, progress=lambda s, f: seen.append((s, f)))
+    stats = IngestStats()
+    ingest(small_master, tmp_path, tmp_path / "keys", spec, progress=lambda s, f: seen.append((s, f)), stats=stats)
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and seen[0] == ("probe", 0.0) and seen[-1] == ("done", 1.0)
     assert {s for s, _ in seen} >= {"probe", "encode", "package", "done"}
+    # The time accounting saw every job, in the workers, and the workers' whole lives.
+    assert sorted({j.kind for j in stats.jobs}) == ["AudioJob", "ChunkJob"]
+    assert len({j.pid for j in stats.jobs}) <= 2 and all(j.cpu > 0 and j.end >= j.start for j in stats.jobs)
+    assert stats.workers == 2 and stats.workers_cpu > stats.job_cpu() > 0
+    assert {"probe", "encode+join", "manifests", "publish"} <= set(stats.phases)
 
 
 def test_encode_unwritable_origin_is_a_typed_error(tmp_path: Path, small_master: Path) -> None:

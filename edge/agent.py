@@ -37,7 +37,7 @@ from shared.messages import (
     SetDraining,
     Telemetry,
 )
-from shared.mqtt import Announcement, MqttSession
+from shared.mqtt import Announcement, MqttSession, NotConnected
 from shared.mqtt_auth import split_username
 from shared.spool import Spool
 from shared.tasks import TaskGroup
@@ -102,6 +102,9 @@ class EdgeAgent:
         await self.outbox.open()
         self._tasks.spawn(self.outbox.run(), name="telemetry outbox")
         await self.session.start()
+        stored = await asyncio.to_thread(_stored_rotation, self.credentials_file)
+        if stored is not None:  # stored a rotated login, then stopped before acking it: ack it now
+            self._tasks.spawn(self._ack_rotation(*stored), name="ack stored rotation")
 
     async def stop(self) -> None:
         await self._tasks.aclose()
@@ -144,12 +147,15 @@ class EdgeAgent:
         if len(body.password) < 16 or not body.password.isprintable():
             raise InvalidInput("a rotated MQTT password must be at least 16 printable characters")
         previous = await asyncio.to_thread(self.session.settings.resolve_credentials)
-        await asyncio.to_thread(write_private, self.credentials_file,
-                                json.dumps({"username": body.username, "password": body.password}))
+        # The ack owed goes into the same file, so a restart before it was sent still sends it (start()).
+        await asyncio.to_thread(write_private, self.credentials_file, json.dumps({
+            "username": body.username, "password": body.password,
+            "unacked": {"command_id": env.id, "command_type": env.type}}))
         self._remember(env.id, Ack(env.id, env.type, "done", detail={"user": body.username}))
-        self._tasks.spawn(self._switch_login(env.id, env.type, body.username, previous), name="rotate credentials")
+        self._tasks.spawn(self._switch_login(env.id, env.type, body.username, body.password, previous),
+                          name="rotate credentials")
 
-    async def _switch_login(self, command_id: str, command_type: str, username: str,
+    async def _switch_login(self, command_id: str, command_type: str, username: str, password: str,
                             previous: tuple[str | None, str | None]) -> None:
         before = self.session.connect_count
         self.session.reconnect()
@@ -168,8 +174,20 @@ class EdgeAgent:
             await self._publish_ack(ack)
             return
         log.info("MQTT login rotated: connected as %s", username)
+        await self._ack_rotation(command_id, command_type, username, password)
+
+    async def _ack_rotation(self, command_id: str, command_type: str, username: str, password: str) -> None:
+        """Ack ``done`` (waiting for a connection as long as it takes), then note in the file it was sent."""
+        ack = Ack(command_id, command_type, "done", detail={"user": username})
+        while True:
+            try:
+                await self._publish_ack(ack)
+                break
+            except NotConnected:
+                await asyncio.sleep(1.0)
         self.metrics.commands.labels(command_type, "done").inc()
-        await self._publish_ack(Ack(command_id, command_type, "done", detail={"user": username}))
+        await asyncio.to_thread(write_private, self.credentials_file,
+                                json.dumps({"username": username, "password": password}))
 
     def _remember(self, msg_id: str, ack: Ack) -> None:
         self._seen[msg_id] = ack
@@ -255,6 +273,26 @@ def _load_draining(path: Path) -> bool:
         log.warning("ignoring %s: %s", path, exc)
         return False
     return isinstance(doc, dict) and doc.get("draining") is True
+
+
+def _stored_rotation(path: Path) -> tuple[str, str, str, str] | None:
+    """``(command id, command type, user, password)`` of a rotated login stored but not acked yet."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    unacked = doc.get("unacked") if isinstance(doc, dict) else None
+    if not isinstance(unacked, dict):
+        return None
+    cid, ctype, user, password = (unacked.get("command_id"), unacked.get("command_type"), doc.get("username"),
+                                  doc.get("password"))
+    if isinstance(cid, str) and isinstance(ctype, str) and isinstance(user, str) and isinstance(password, str) \
+            and cid and ctype and user and password:
+        return cid, ctype, user, password
+    return None
 
 
 def _load_applied(path: Path) -> dict[str, tuple[int, float]]:

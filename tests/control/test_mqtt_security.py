@@ -27,6 +27,8 @@ from control import mosquitto
 from nearcast.cli import cli
 from shared import topics
 from shared.envelope import parse_raw
+from shared.files import write_private
+from shared.messages import REGISTRY, RotateCredentials
 from shared.mqtt import MqttSettings
 from shared.tasks import TaskGroup
 from tests.conftest import Mosquitto, free_port
@@ -37,7 +39,7 @@ from .conftest import eventually
 AID = "edge-a"
 
 
-def _edge_config(tmp: Path, bundle: dict[str, Any], tls_port: int, ca: Path, http_port: int, api: str) -> Path:
+def _edge_config(tmp: Path, bundle: dict[str, Any], port: int, ca: Path | None, http_port: int, api: str) -> Path:
     keys = tmp / "token-keys.json"
     keys.write_text(bundle["token_keys"])
     pub = tmp / "control-keys.json"
@@ -52,7 +54,7 @@ def _edge_config(tmp: Path, bundle: dict[str, Any], tls_port: int, ca: Path, htt
         f'[cache]\ndir = "{tmp / "cache"}"\ncapacity_bytes = {10**8}\n'
         f'[security]\ntoken_keys_file = "{keys}"\ncontrol_public_keys_file = "{pub}"\n'
         f'[telemetry]\ninterval_s = 0.3\n[control]\napi_url = "{api}"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {tls_port}\ntls = true\ntls_ca_file = "{ca}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n' + (f'tls = true\ntls_ca_file = "{ca}"\n' if ca else "") +
         f'username = "{bundle["mqtt"]["username"]}"\npassword_file = "{password}"\nkeepalive_s = 2\n'
         f"reconnect_min_s = 0.2\nreconnect_max_s = 2.0\n")
     return cfg
@@ -166,5 +168,69 @@ async def test_edge_over_tls_and_credential_rotation_without_downtime(
         assert json.loads(creds_file.read_text())["username"] == f"{AID}@3"
         await watchers.aclose()
         edge.stop()
+    finally:
+        broker.cleanup()
+
+
+@pytest.mark.slow
+async def test_a_login_stored_but_not_acked_before_a_stop_is_acked_after_the_restart(
+        tmp_path: Path, control_factory: Any, daemons: Any) -> None:
+    """The edge stores a rotated login, then stops before its ack went out: the ack is owed in the
+    credentials file, and the restarted edge sends it, so the rotation still completes."""
+    broker = Mosquitto(tmp_path)
+    files = broker.workdir
+    pid_file = files / "mosquitto.pid"
+    control_password = mosquitto.new_password()
+    mosquitto.write_broker_files(files, {"control": mosquitto.hash_password(control_password)}, "control")
+    broker.extra_config = (f"allow_anonymous false\npassword_file {files / 'passwd'}\n"
+                           f"acl_file {files / 'acl'}\npid_file {pid_file}\n")
+    broker.start()
+    try:
+        await eventually(pid_file.exists)
+        h = await control_factory({"mqtt": {"username": "control", "password": control_password},
+                                   "broker": {"files_dir": str(files), "reload": f"pid:{pid_file}"}},
+                                  broker_port=broker.port)
+        bundle = await h.enroll(AID, site="s1")
+        old_password = bundle["mqtt"]["password"]
+        http_port = free_port()
+        edge_dir = _fresh(tmp_path / "edge")
+        config = _edge_config(edge_dir, bundle, broker.port, None, http_port, h.url)
+        edge = daemons(["edge", "serve", "--config", str(config)], AID)
+        await asyncio.to_thread(edge.wait_http, f"http://127.0.0.1:{http_port}/healthz")
+        await eventually(lambda: h.ctx.fleet.get(AID) is not None, timeout=20)
+        assert edge.stop() == 0
+
+        # The rotation command waits in the stopped edge's session: take it from there, as the edge (the
+        # old login is still valid while the rotation is pending).
+        status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials")
+        assert status == 202
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier=AID, username=AID, password=old_password,
+                                  clean_session=False) as as_edge:
+            await as_edge.subscribe(topics.appliance_commands(AID), qos=1)
+            async with asyncio.timeout(10):
+                async for message in as_edge.messages:
+                    env = REGISTRY.decode(message.payload if isinstance(message.payload, bytes) else b"")
+                    break
+        assert isinstance(env.body, RotateCredentials) and env.body.username == f"{AID}@1"
+        # Wipe that session so nothing is redelivered, and leave the edge's state as a stop right after
+        # storing the login would have: the new login on disk, its ack still owed.
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier=AID, username=AID, password=old_password,
+                                  clean_session=True):
+            pass
+        creds_file = edge_dir / "cache" / "mqtt-credentials.json"
+        write_private(creds_file, json.dumps({"username": env.body.username, "password": env.body.password,
+                                              "unacked": {"command_id": env.id, "command_type": env.type}}))
+
+        edge = daemons(["edge", "serve", "--config", str(config)], f"{AID}-restarted")
+        await asyncio.to_thread(edge.wait_http, f"http://127.0.0.1:{http_port}/healthz")
+
+        async def rotated() -> bool:
+            status, body = await h.call("GET", f"/v1/appliances/{AID}")
+            return bool(status == 200 and body["mqtt"] == {"user": f"{AID}@1", "rotating_to": None})
+
+        await eventually(rotated, timeout=30)
+        await eventually(lambda: "unacked" not in json.loads(creds_file.read_text()), timeout=10)
+        assert await _refused(MqttSettings(port=broker.port, username=AID, password=old_password))
+        assert edge.stop() == 0
     finally:
         broker.cleanup()

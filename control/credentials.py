@@ -26,6 +26,7 @@ from typing import Any
 from shared import topics
 from shared.errors import Conflict, NearcastError, NotFound
 from shared.messages import Ack, RotateCredentials
+from shared.mqtt import NotConnected
 from shared.mqtt_auth import hash_password, mqtt_username, new_password, split_username
 
 from . import mosquitto
@@ -84,8 +85,13 @@ async def start_rotation(ctx: ControlContext, appliance_id: str, *, actor: str, 
                                                  detail={"from_user": record.mqtt_username, "force": force})
     ctx.registry.put(record)
     await sync_broker_files(ctx)
-    command_id = await ctx.session.publish(topics.appliance_commands(appliance_id),
-                                           RotateCredentials(username, password))
+    try:
+        command_id = await ctx.session.publish(topics.appliance_commands(appliance_id),
+                                               RotateCredentials(username, password))
+    except NotConnected as exc:
+        # Never sent (the password exists nowhere else now): starting over with force is safe.
+        raise NotConnected(f"{exc}; the rotation to {username!r} is pending but was not sent to the appliance: "
+                           "run it again with force once the broker is reachable") from None
     await ctx.store.record_audit(actor, "appliance.mqtt_rotate_sent", appliance_id,
                                  {"command_id": command_id, "next_user": username})
     log.info("credential rotation for %s: %s -> %s (command %s)", appliance_id, record.mqtt_username, username,

@@ -234,3 +234,28 @@ async def test_a_login_stored_but_not_acked_before_a_stop_is_acked_after_the_res
         assert edge.stop() == 0
     finally:
         broker.cleanup()
+
+
+async def test_rotation_api_checks_its_input_and_refuses_a_second_rotation(control_factory: Any,
+                                                                          private_mosquitto: Any) -> None:
+    h = await control_factory({"mqtt": {"publish_timeout_s": 0.5}})
+    await h.enroll(AID, site="s1")
+    passwd = h.state / "mosquitto" / "passwd"
+    assert (await h.call("POST", "/v1/appliances/edge-zz/rotate-credentials"))[0] == 404
+    assert (await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials", {"force": "yes"}))[0] == 400
+    assert (await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials", {"other": 1}))[0] == 400
+    assert (await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials", token=h.reader))[0] == 403
+    status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials")
+    assert status == 202 and body["mqtt"] == {"user": AID, "rotating_to": f"{AID}@1"}
+    users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
+    assert {AID, f"{AID}@1"} <= users  # both logins valid while the appliance moves
+    assert "user edge-a@1" in (h.state / "mosquitto" / "acl").read_text()
+    status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials")
+    assert status == 409 and "under way" in body["error"]
+    # With the broker gone the command cannot be sent: a clear 503, and force starts over afterwards.
+    private_mosquitto.stop()
+    await eventually(lambda: not h.ctx.session.connected.is_set())
+    status, body = await h.call("POST", f"/v1/appliances/{AID}/rotate-credentials", {"force": True})
+    assert status == 503 and "run it again with force" in body["error"]
+    users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
+    assert {AID, f"{AID}@2"} <= users and f"{AID}@1" not in users

@@ -132,3 +132,23 @@ def test_an_older_state_dir_keeps_its_admin_token_and_gains_a_read_token(tmp_pat
     assert reader == second.reader and reader != first.reader
     entries = {e.sha256: e for e in TokenStore.load(tmp_path / "control" / "operator-tokens.json").entries()}
     assert entries[token_hash(admin)].role == "admin" and entries[token_hash(reader)].role == "read"
+
+
+def test_the_demo_generates_the_control_planes_broker_login_into_its_state_dir(tmp_path: Path) -> None:
+    """No broker secret in the repository: the control plane's password is made per state dir, 0600,
+    and the control plane's config names the file, never the password."""
+    import stat
+
+    from nearcast.demo import Demo
+
+    demo = Demo(port=1, state_dir=tmp_path, edges=2)
+    demo._prepare_state(1883)
+    pw_file = tmp_path / "control-mqtt-password"
+    password = pw_file.read_text().strip()
+    assert len(password) >= 32 and stat.S_IMODE(pw_file.stat().st_mode) == 0o600
+    conf = (tmp_path / "control.toml").read_text()
+    assert 'username = "control"' in conf and str(pw_file) in conf and password not in conf
+    Demo(port=1, state_dir=tmp_path, edges=2)._prepare_state(1883)  # a second run keeps the login
+    assert pw_file.read_text().strip() == password
+    assert demo.broker_files == (tmp_path / "control" / "mosquitto" / "passwd",
+                                 tmp_path / "control" / "mosquitto" / "acl")

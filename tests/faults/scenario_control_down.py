@@ -50,8 +50,8 @@ from tests.faults.scenario_broker_restart import arrived
 from tests.faults.scenario_edge_kill_model import build_bundle, in_use
 
 NAME = "control_down"
-UP_S = (0.5, 2.0)
-OUTAGE_S = (1.5, 4.0)
+UP_S = (0.3, 1.5)
+OUTAGE_S = (1.2, 3.0)
 EDGE_RESTART_SHARE = 0.3
 TTL_S = 0.5
 RESYNC_S = 30.0

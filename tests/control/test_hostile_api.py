@@ -156,7 +156,7 @@ batch = st.one_of(
 )
 
 
-@settings(max_examples=examples(200), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=HEALTH)
 @given(batch, st.sampled_from(["json", "json", "raw-junk", "truncated"]))
 def test_event_batches_rejected_whole_or_stored_exactly(plane: Plane, doc: Any, form: str) -> None:
     body = json.dumps(doc).encode()

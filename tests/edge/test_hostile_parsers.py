@@ -38,7 +38,7 @@ def assert_canonical(path: str) -> None:
     assert inside(ROOT, "t1", "v1", path)
 
 
-@settings(max_examples=examples(600), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(hostile_text, hostile_text, hostile_text)
 def test_request_paths_are_accepted_only_when_canonical_and_inside(token: str, title: str, rest: str) -> None:
     raw = f"/v1/content/{token}/{title}/{rest}"
@@ -87,7 +87,7 @@ range_text = st.text(alphabet="bytes=-, 0123456789\t+ex", max_size=30) | st.samp
     ["bytes=0-18446744073709551616", "bytes=-18446744073709551616", "bytes=" + "9" * 40 + "-", "items=0-1"])
 
 
-@settings(max_examples=examples(600), deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(range_text | st.text(max_size=40), st.integers(0, 10**13))
 def test_range_headers_give_a_range_inside_the_body_or_none(header: str, size: int) -> None:
     try:

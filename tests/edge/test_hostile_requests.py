@@ -125,7 +125,7 @@ SEGMENTS = ["hls", "hls", "dash", "master.m3u8", "seg_1.m4s", "manifest.mpd", "e
 layered = st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=5).map("/".join)
 
 
-@settings(max_examples=examples(400), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=HEALTH)
 @given(st.one_of(st.just("t1"), st.just("t1"), st.sampled_from(["t1", "t2", "..", "%2e%2e", "t1%2f.."]), hostile_text),
        st.one_of(layered, layered, hostile_text),
        st.booleans(), st.sampled_from(["GET", "HEAD", "OPTIONS", "POST", "GET"]))
@@ -156,7 +156,7 @@ header_value = st.builds("bytes={}-{}".format, position, position) | st.text(
     "Thu, 01 Jan 1970 00:00:00 GMT", "garbage"])
 
 
-@settings(max_examples=examples(400), deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=HEALTH)
 @given(st.sampled_from(["hls/master.m3u8", "hls/seg_1.m4s"]), st.dictionaries(
     st.sampled_from(["Range", "If-None-Match", "If-Modified-Since", "If-Range"]), header_value, max_size=4),
     st.booleans(), st.booleans())

@@ -78,7 +78,7 @@ def _check(which: str, doc: dict[str, Any], env: dict[str, str]) -> None:
             pytest.fail(f"{section}.{key} accepted NaN")
 
 
-@settings(max_examples=examples(250), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(documents("edge"))
 @example(({"appliance": {"latitude": float("nan")}}, {}))
 @example(({}, {"NEARCAST_EDGE_APPLIANCE_LONGITUDE": "nan"}))
@@ -86,7 +86,7 @@ def test_hostile_edge_configs_fail_only_with_a_named_config_error(case: tuple[di
     _check("edge", *case)
 
 
-@settings(max_examples=examples(250), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(documents("control"))
 def test_hostile_control_configs_fail_only_with_a_named_config_error(
         case: tuple[dict[str, Any], dict[str, str]]) -> None:

@@ -18,7 +18,7 @@ from shared.messages import REGISTRY, ControlStatus
 from shared.mqtt import Announcement, MqttSession
 from shared.signing import Signer
 from shared.tokens import TokenKeys
-from shared.web import error_middleware, metrics_handler
+from shared.web import BODY_TIMEOUT, error_middleware, metrics_handler
 
 from . import api_content, api_ingest, api_license, api_models, api_ops, api_play, api_recs, handlers, openapi
 from .auth import TokenEntry, TokenStore, auth_middleware, token_hash
@@ -127,6 +127,7 @@ def build_app(config: ControlConfig, *, api_url: str | None = None) -> web.Appli
     ], client_max_size=config.http.max_body_bytes)
     app[CTX] = ctx
     app[RATE_LIMITS] = limits
+    app[BODY_TIMEOUT] = config.http.body_timeout_s
     app[HTTP_REFUSED] = Counter("nearcast_control_http_refused_total", "Connections refused by the HTTP limits "
                                 "(connections: 503, limits: 431, timeout: 408)", ["reason"],
                                 registry=metrics.registry)

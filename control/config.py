@@ -31,6 +31,9 @@ class HttpSettings:
     idle_timeout_s: float = setting(75.0, "How long an idle keep-alive connection is kept open.", check=positive)
     max_connections: int = setting(2048, "Open client connections beyond which a new one gets 503 and is closed.",
                                    check=positive)
+    body_timeout_s: float = setting(60.0, "How long a JSON request body may take to arrive once its head did; "
+                                          "a slower one gets 408 (uploads of masters are not bound by it).",
+                                    check=positive)
 
 
 @dataclass(frozen=True)

@@ -63,22 +63,31 @@ def metrics_handler(registry: CollectorRegistry) -> Handler:
     return handle
 
 
+#: Seconds a bounded body (:func:`read_body`, :func:`read_json`) may take to arrive; unset: no deadline.
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole request body, or 413 once it passes ``max_bytes``.
+    """The whole request body, or 413 once it passes ``max_bytes`` (408 past the app's ``BODY_TIMEOUT``).
 
     ``StreamReader.read(n)`` returns what has arrived so far, not ``n`` bytes: a body that comes in
-    more than one TCP segment must be read until its end.
+    more than one TCP segment must be read until its end.  The deadline is the slow-body twin of the
+    head deadline in :mod:`shared.httplimits`: a JSON body trickling in a byte at a time is cut off.
     """
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(max_bytes + 1 - size)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > max_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT)):
+            while True:
+                chunk = await request.content.read(max_bytes + 1 - size)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=size)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="request body not received in time") from None
 
 
 async def read_json(request: web.Request, max_bytes: int = 1 << 20) -> object:

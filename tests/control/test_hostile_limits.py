@@ -22,7 +22,7 @@ from control.ratelimit import TokenBuckets, client_key, too_many_requests
 from .conftest import Harness, control_config, eventually
 
 LIMITS = {"header_timeout_s": 0.5, "idle_timeout_s": 3.0, "max_connections": 6, "max_header_bytes": 4096,
-          "max_body_bytes": 64 * 1024, "trusted_proxies": ["127.0.0.1/32"]}
+          "max_body_bytes": 64 * 1024, "body_timeout_s": 2.5, "trusted_proxies": ["127.0.0.1/32"]}
 RATES = {"operator_rate": 5.0, "operator_burst": 10.0, "client_rate": 5.0, "client_burst": 10.0}
 
 
@@ -111,6 +111,26 @@ async def test_a_slow_body_is_not_a_slow_head(plane: Harness) -> None:
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200 ")
     writer.close()
     assert refused(plane, "timeout") == 0
+
+
+async def test_a_json_body_slower_than_the_body_timeout_gets_408(plane: Harness) -> None:
+    """The slow-body twin of slowloris: 200 bytes announced, 5 every 0.1 s (4 s) against a 2.5 s deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(plane))
+    writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.8.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n")
+    started = time.monotonic()
+    answer = b""
+    for _ in range(40):
+        try:
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.1)
+        except TimeoutError:
+            writer.write(b"[" * 5)
+            continue
+        break
+    elapsed = time.monotonic() - started
+    writer.close()  # (aiohttp lingers up to 10 s for the rest of an unread body before it closes)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert elapsed >= 2.5  # not before the deadline (and a 408 means: before the body was complete)
 
 
 async def test_oversized_heads_get_4xx(plane: Harness) -> None:

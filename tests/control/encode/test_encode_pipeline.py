@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
 import m3u8
+import pytest
 from mpegdash.parser import MPEGDASHParser
 
 from control.encode import boxes
+from control.encode.errors import EncodeFailed
 from control.encode.fileset import MANIFEST_NAME, FileSetManifest, sha256_file
+from control.encode.quality import RenditionCheck, measure_rendition
 
 
 def test_encode_manifest_lists_every_file_with_hash(published: tuple[Path, FileSetManifest]) -> None:
@@ -142,3 +147,16 @@ async def test_encode_iframe_ranges_hold_exactly_one_idr_over_http(
                 pos += 4 + size
             assert pos == len(data), "the range must end on a NAL unit boundary"
             assert 5 in nal_types, nal_types
+
+
+def test_encode_published_renditions_score_against_the_master(
+    published: tuple[Path, FileSetManifest], master: Path
+) -> None:
+    root, manifest = published
+    rung = max((r for r in manifest.renditions if r["kind"] == "video"), key=lambda r: r["height"])
+    files = (str(root / rung["id"] / "init.mp4"), *sorted(str(p) for p in (root / rung["id"]).glob("seg_*.m4s")))
+    check = RenditionCheck(str(master), 0.0, Fraction(24), 96, files)
+    quality, ssim = measure_rendition(check)
+    assert 30 < quality < 60 and 0.7 < ssim <= 1
+    with pytest.raises(EncodeFailed, match="frames"):  # a segment missing: fewer frames than the title
+        measure_rendition(replace(check, files=files[:-1]))

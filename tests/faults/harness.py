@@ -23,10 +23,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
-import random
 import re
-import shutil
 import signal
 import socketserver
 import sys
@@ -34,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -494,17 +491,3 @@ class Stack:
         control = Control(self.workdir, name, broker_port, extra)
         self.processes.append(control)
         return control
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def files_under(root: Path) -> Iterator[Path]:
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            yield Path(dirpath) / name
-
-
-def pick(rng: random.Random, items: Sequence[T]) -> T:
-    return items[rng.randrange(len(items))]

@@ -51,6 +51,8 @@ class ChunkJob:
     preset: str = "veryfast"
     threads: int = 1
     cenc: CencKey | None = None
+    #: Decode and scale in a helper thread while the encoders run (see :func:`encode_chunk`).
+    prefetch: bool = True
 
 
 def encoder_settings(codec: Codec, rung: VideoRung, gop: int, preset: str, threads: int) -> tuple[str, dict[str, str]]:
@@ -159,7 +161,7 @@ def encode_chunk(job: ChunkJob) -> dict[str, str]:
 
             # Decode and scale in a second thread while this one encodes: FFmpeg releases the GIL,
             # so the stages overlap the way the ffmpeg CLI's threaded pipeline does.
-            for n, frames in prefetch(scaled_frames(), depth=4):
+            for n, frames in prefetch(scaled_frames(), depth=4) if job.prefetch else scaled_frames():
                 for (_rung, out, stream, _), scaled in zip(outs, frames, strict=True):
                     scaled.pts = n
                     # Not stream.time_base: the muxer changes that to its own clock on the first packet.

@@ -51,8 +51,16 @@ class Plan:
     points: tuple[RDPoint, ...]
 
 
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity: a pinned or containerised job gets its share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _workers(spec: IngestSpec) -> tuple[int, int]:
-    cpus = os.cpu_count() or 1
+    cpus = _cpus()
     workers = spec.workers or cpus
     return workers, spec.encoder_threads or max(1, cpus // workers)
 
@@ -262,9 +270,13 @@ def encode_and_package(
                     os.unlink(paths[rung.id])
                 joined += 1
 
+    # A decode-and-scale thread beside the encoders pays only with a CPU to spare: with a worker
+    # per CPU it just takes turns with its own encoder (paired ingests on the shared 2-CPU box:
+    # ~6 % more worker CPU with it, 5 runs of 6).
+    spare = workers * threads < _cpus()
     jobs += [
         ChunkJob(os.fspath(master), info.start_time, plan.fps, c.start_frame, c.end_frame, c.keyframes, gop,
-                 plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc)
+                 plan.rungs, os.fspath(work), c.index, spec.preset, threads, cenc, prefetch=spare)
         for c in chunks
     ]
     total = len(jobs)

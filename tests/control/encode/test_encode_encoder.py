@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from control.encode.encoder import cfr_frames, encoder_settings, prefetch
+from control.encode.encoder import ChunkJob, cfr_frames, encode_chunk, encoder_settings, prefetch, rc_bit_rate
 from control.encode.spec import VideoRung
 from control.encode.synth import make_master
 
@@ -72,3 +72,22 @@ def test_encode_settings_close_gops_and_cap_rate() -> None:
     assert opts["forced-idr"] == "1" and int(opts["maxrate"]) == 750_000 and int(opts["bufsize"]) == 1_000_000
     assert encoder_settings("hevc", rung, 49, "veryfast", 1)[0] == "libx265"
     assert encoder_settings("av1", rung, 49, "veryfast", 1)[0] == "libsvtav1"
+    crf = VideoRung("h264", 640, 360, 500_000, 23.5)
+    assert encoder_settings("h264", crf, 49, "veryfast", 1)[1]["crf"] == "23.5"
+    assert rc_bit_rate(crf) == 0 and rc_bit_rate(rung) == 500_000
+    trial = encoder_settings("h264", VideoRung("h264", 640, 360, 0, 30.0), 49, "veryfast", 1)[1]
+    assert "maxrate" not in trial and trial["crf"] == "30"  # a trial maps a CRF's own rate: uncapped
+    _, av1 = encoder_settings("av1", crf, 49, "veryfast", 1)
+    assert av1["crf"] == "23.5" and av1["maxrate"] == "750000"
+
+
+def test_encode_chunk_is_the_same_with_or_without_the_decode_thread(tmp_path: Path) -> None:
+    src = make_master(tmp_path / "m.mp4", seconds=1, width=160, height=90, audio=False)
+    rungs = (VideoRung("h264", 160, 90, 150_000, 26.0), VideoRung("h264", 96, 54, 60_000))
+    outs = []
+    for helper in (True, False):
+        out = tmp_path / str(helper)
+        out.mkdir()
+        job = ChunkJob(str(src), 0.0, Fraction(24), 0, 24, (0, 12), 25, rungs, str(out), 0, prefetch=helper)
+        outs.append({rid: Path(p).read_bytes() for rid, p in encode_chunk(job).items()})
+    assert outs[0] == outs[1] and len(outs[0]) == 2

@@ -19,7 +19,8 @@
 Run it on an otherwise idle machine: with other jobs on the cores, the parallel run cannot get a
 second core and the ratios mostly measure the neighbours (the load average is printed first).
 
-Measured 2026-11-28 on the shared 2-vCPU machine at load ~2 (not idle; ``--repeat 2``): PyAV /
+Measured 2026-11-28 on the shared 2-vCPU machine at load ~2 (not idle; ``--repeat 2``; before
+workers decoded inline): PyAV /
 CLI speed 0.958, CPU-time ratio ffmpeg/PyAV 1.063 (PyAV does the same work on less CPU);
 parallel / sequential (1 CPU) 0.667 with the parallel run getting 1.67 cores; the CPU-time model
 0.595; parallel / unpinned single worker 0.809.  Worker start-up ~0.45 CPU s per worker and

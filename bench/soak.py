@@ -3,7 +3,8 @@
 Starts ``nearcast demo`` as a child (its own state directory, a free API port; the demo picks free
 ports for the broker and the edges), waits until its sample titles are ready, then runs ``--clients``
 simulated viewers for ``--minutes``.  Each viewer, from its own loopback address in ISP 1 or ISP 2
-(half each), loops: its homepage the way the web page loads it (``/v1/edges``, then the first edge's
+(half each), loops as one of the demo's profiles with a history (a different one each time): its
+homepage the way the web page loads it (``/v1/edges``, then the first edge's
 ``/v1/home/{profile}``), a ``play_start`` event, one real ABR session of a random sample title
 (steered by ``/v1/play``, segments from the edge: the players of ``bench/e2e.py``), then ``complete``
 and ``qoe`` events, then ``--pause`` seconds.
@@ -287,10 +288,12 @@ async def viewer(k: int, api: str, deadline: float, stats: ClientStats, *, play:
                  seed: int) -> None:
     rng = random.Random(seed * 1000 + k)
     ip = f"127.0.{1 + k % 2}.{10 + k // 2}"
-    profile = f"viewer-{k % PROFILES:03d}"
     connector = aiohttp.TCPConnector(local_addr=(ip, 0), limit=4)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=15)) as http:
         while time.monotonic() < deadline:
+            # A profile of the demo's history at random each session: the events spread over all of them,
+            # so no profile's history (which every homepage of that profile reads) runs away in a long soak.
+            profile = f"viewer-{rng.randrange(PROFILES):03d}"
             await _homepage(stats, http, api, profile)
             title = rng.choice(SAMPLES).title_id
             await _timed_json(stats, "events", http, "POST", f"{api}/v1/events",

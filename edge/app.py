@@ -22,6 +22,14 @@ they were sendfile'd from ``data_received`` with the head corked to the body, as
 ``tcp_nopush``).  Raising the process count remains the wrong lever on 2 cores (see above); what
 is left per manifest is the event loop itself and the metric updates (prometheus_client takes a
 lock for each).
+
+Since then (session 3) a segment is opened with one ``openat2`` (:mod:`edge.beneath`) and the
+serving counters are plain ints exported at scrape time (:class:`edge.metrics.ServingStats`):
+in-process Python cost 51 -> ~19 us per segment, 23 -> ~8-13 us per memory-hit manifest.
+``bench/serve.py --repeats 5`` on that session's machine, idle: segments 1.60 vs nginx 1.64 GB/s
+(0.97x); manifests 14.5k vs 31.1k req/s (0.47x), on a machine where a bare aiohttp server reached
+0.25x nginx (0.57x on the first session's), i.e. Python ran about half as fast relative to nginx;
+an experiment with uvloop under the fast path gained ~10 % at most, not enough to adopt it then.
 """
 
 from __future__ import annotations

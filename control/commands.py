@@ -13,7 +13,6 @@ envelope id and acknowledge a redelivery without a second effect, so each comman
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,40 +22,41 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from shared import topics
 from shared.errors import InvalidInput
 from shared.ids import new_id
-from shared.mqtt import MqttSession, NotConnected
+from shared.mqtt import MqttSession
+from shared.outbox import Outbox
 from shared.spool import Spool
 from shared.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 0.5
 MAX_BYTES = 16 << 20
 _SEP = b"\n"
 
 
-class CommandOutbox:
+class CommandOutbox(Outbox):
+    """Records are ``topic \\n envelope``: one spool for every appliance's commands, in issue order."""
+
+    what = "commands"
+
     def __init__(self, directory: Path, session: MqttSession, registry: CollectorRegistry,
                  *, max_bytes: int = MAX_BYTES) -> None:
-        self.spool = Spool(directory, max_bytes=max_bytes, segment_bytes=max(4096, min(1 << 20, max_bytes // 8)))
-        self.session = session
+        super().__init__(Spool(directory, max_bytes=max_bytes,
+                               segment_bytes=max(4096, min(1 << 20, max_bytes // 8))), session)
         self.sent = Counter("nearcast_control_commands_sent_total",
                             "Commands to appliances the broker acknowledged", registry=registry)
         self.queued = Gauge("nearcast_control_commands_queued_bytes",
                             "Bytes of commands on disk waiting for the broker", registry=registry)
         self.dropped = Counter("nearcast_control_commands_dropped_total",
                                "Commands dropped unsent because the command spool was full", registry=registry)
-        self._wake = asyncio.Event()
         self._tasks = TaskGroup("commands")
-        self._dropped_seen = 0
 
     async def start(self) -> None:
-        await self.spool.open()
-        await self._observe()
+        await self.open()
         self._tasks.spawn(self.run(), name="outbox")
 
     async def stop(self) -> None:
         await self._tasks.aclose()
-        await self.spool.close()
+        await self.close()
 
     async def send(self, appliance_id: str, body: Any) -> str:
         """Queue ``body`` for the appliance durably; returns its envelope (command) id."""
@@ -65,40 +65,17 @@ class CommandOutbox:
         topic = topics.appliance_commands(appliance_id)
         if _SEP in topic.encode():
             raise InvalidInput("a command topic may not hold a newline")
-        await self.spool.append(topic.encode() + _SEP + payload)
-        await self._observe()
-        self._wake.set()
+        await self.put(topic.encode() + _SEP + payload)
         return msg_id
 
-    async def _observe(self) -> None:
-        dropped = self.spool.dropped_records - self._dropped_seen
-        if dropped > 0:
-            self._dropped_seen += dropped
-            self.dropped.inc(dropped)
-            log.warning("%d command(s) dropped unsent: the command spool is full", dropped)
-        self.queued.set(await self.spool.backlog())
-
-    async def _deliver(self, record: bytes) -> None:
+    async def deliver(self, record: bytes) -> None:
         topic, _, payload = record.partition(_SEP)
         await self.session.publish_encoded(topic.decode(), payload)
         self.sent.inc()
 
-    async def run(self) -> None:
-        """Publish the spool's head in order whenever connected, until cancelled."""
-        while True:
-            await self.session.connected.wait()
-            self._wake.clear()  # before draining: a command queued meanwhile wakes the next round
-            try:
-                sent = await self.spool.drain(self._deliver)
-            except NotConnected as exc:
-                log.info("commands wait on disk: %s", exc)
-                await self._observe()
-                await asyncio.sleep(RETRY_S)
-                continue
-            except OSError as exc:
-                log.warning("command spool unreadable: %s", exc)
-                await asyncio.sleep(RETRY_S)
-                continue
-            if sent:
-                await self._observe()
-            await self._wake.wait()
+    def on_dropped(self, count: int) -> None:
+        self.dropped.inc(count)
+        log.warning("%d command(s) dropped unsent: the command spool is full", count)
+
+    def on_backlog(self, nbytes: int) -> None:
+        self.queued.set(nbytes)

@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -436,6 +437,14 @@ class Control(Process):
     def call(self, method: str, path: str, body: Any = None, token: str | None = "admin") -> tuple[int, Any]:
         tok = self.admin if token == "admin" else token
         return http_json(method, self.url + path, body, tok)
+
+    def appliance_state(self, appliance_id: str) -> str:
+        """The fleet's state for an appliance (``online``, ``draining`` ...), or why it is not known."""
+        try:
+            status, doc = self.call("GET", f"/v1/appliances/{appliance_id}")
+        except (OSError, HTTPException):
+            return "unreachable"
+        return str(doc.get("state")) if status == 200 and isinstance(doc, dict) else f"HTTP {status}"
 
 
 # -- the whole stack, cleaned up on the way out --------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 from shared import tokens
 from shared.messages import DesiredFill, FileSetRef, FillSource
 from tests.edge.conftest import build_file_set
-from tests.faults.harness import Control, Edge, Stack, Watcher, http_get, make_keys, publish_desired, sha256, until
+from tests.faults.harness import Edge, Stack, Watcher, http_get, make_keys, publish_desired, sha256, until
 from tests.faults.scenario import Scenario, ScenarioResult
 
 NAME = "clock_skew"
@@ -56,14 +56,6 @@ def edge_skew(edge: Edge) -> float:
 
 def filled(watcher: Watcher) -> bool:
     return any(a.command_id == "skew-fill-1" and a.status == "done" for a in watcher.bodies("/acks"))
-
-
-def appliance_state(control: Control, appliance_id: str) -> str:
-    try:
-        status, doc = control.call("GET", f"/v1/appliances/{appliance_id}")
-    except (OSError, HTTPException):
-        return "unreachable"
-    return str(doc.get("state")) if status == 200 and isinstance(doc, dict) else f"HTTP {status}"
 
 
 def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
@@ -109,7 +101,7 @@ def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
                 if abs(seen - skew) > 1.5:
                     fail.append(f"{where}: the edge's clock is {seen:+.1f} s off, not {skew:+.1f} s: "
                                 "faketime did not take")
-                until(lambda: appliance_state(control, edge.name) == "online", 30,
+                until(lambda: control.appliance_state(edge.name) == "online", 30,
                       f"{where}: the control plane to see the edge (clock {skew:+.1f} s) online")
                 until(lambda: filled(watcher), 60,  # in the first trial (a skewed clock fills too)
                       f"the fill; edge log:\n{edge.log()}")

@@ -34,7 +34,6 @@ from typing import Any
 from shared.messages import DesiredFill, DesiredModel, FileSetRef, FillSource
 from tests.edge.conftest import build_file_set
 from tests.faults.harness import (
-    Control,
     Edge,
     Stack,
     Watcher,
@@ -80,14 +79,6 @@ def home(edge: Edge, profile: str) -> tuple[int, Any]:
 def source(edge: Edge) -> str:
     status, doc = home(edge, "p0")
     return str(doc.get("source")) if status == 200 and isinstance(doc, dict) else f"HTTP {status}"
-
-
-def appliance_state(control: Control, appliance_id: str) -> str:
-    try:
-        status, doc = control.call("GET", f"/v1/appliances/{appliance_id}")
-    except (OSError, HTTPException):
-        return "unreachable"
-    return str(doc.get("state")) if status == 200 and isinstance(doc, dict) else f"HTTP {status}"
 
 
 def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
@@ -197,7 +188,7 @@ def run(trials: int, seed: int, workdir: Path) -> ScenarioResult:
                 control.start()
                 back = time.monotonic()
                 until(lambda: source(edge) == "control", RESYNC_S, f"{where}: rows from the control plane again")
-                until(lambda: appliance_state(control, aid) == ("draining" if draining else "online"),  # noqa: B023
+                until(lambda: control.appliance_state(aid) == ("draining" if draining else "online"),  # noqa: B023
                       RESYNC_S, f"{where}: the edge {'draining' if draining else 'online'} in /v1/appliances")
                 until(lambda: telemetry_rows(db, aid) > rows_before, RESYNC_S,  # noqa: B023
                       f"{where}: telemetry stored again")

@@ -55,7 +55,7 @@ from shared.web import error_middleware, metrics_handler
 from .agent import DesiredHandler, EdgeAgent
 from .catalog import Catalog
 from .config import EdgeConfig
-from .fastpath import FastSite, Limits
+from .fastpath import FastSite
 from .fill import FillAgent, FillOptions
 from .home import HomeService
 from .memcache import MemoryCache
@@ -147,9 +147,7 @@ def make_site(config: EdgeConfig, app: web.Application, runner: web.AppRunner, h
 
     if not h.fast_path:
         return GuardedSite(runner, host, port, guard, on_refused=on_refused)
-    limits = Limits(max_header_bytes=h.max_header_bytes, max_connections=h.max_connections,
-                    idle_timeout_s=h.idle_timeout_s, header_timeout_s=h.header_timeout_s)
-    return FastSite(runner, app[CTX].server, host, port, limits=limits, shutdown_timeout=h.shutdown_timeout_s,
+    return FastSite(runner, app[CTX].server, host, port, limits=guard, shutdown_timeout=h.shutdown_timeout_s,
                     handover=lambda server: GuardedFactory(server, guard, on_refused))
 
 

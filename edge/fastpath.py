@@ -34,13 +34,13 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
+from shared.httplimits import ConnectionLimits
 from shared.tasks import TaskGroup
 
 from .sendfile import FALLBACK_CHUNK, Reply
@@ -59,16 +59,9 @@ READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this f
 # for every manifest poll, and parsing is a pure function of those bytes.  Only valid, short heads.
 HEAD_CACHE = 512
 HEAD_CACHE_MAX_BYTES = 2048
+DEFAULT_LIMITS = ConnectionLimits()
 CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_header_bytes: int = 16 * 1024
-    max_connections: int = 10_000
-    idle_timeout_s: float = 75.0
-    header_timeout_s: float = 10.0
 
 
 class _Date:
@@ -439,7 +432,7 @@ class FastSite(web.BaseSite):
     """An aiohttp site whose connections start in :class:`FastProtocol` (the runner's cleanup stops it)."""
 
     def __init__(self, runner: web.BaseRunner, content: ContentServer, host: str, port: int, *,
-                 limits: Limits = Limits(), shutdown_timeout: float = 10.0, reuse_port: bool = False,
+                 limits: ConnectionLimits = DEFAULT_LIMITS, shutdown_timeout: float = 10.0, reuse_port: bool = False,
                  handover: Callable[[web.Server], Callable[[], asyncio.Protocol]] | None = None) -> None:
         super().__init__(runner)
         self._handover = handover  # wraps aiohttp's protocol factory for handed-over connections

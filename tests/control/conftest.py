@@ -14,6 +14,7 @@ import aiomqtt
 import pytest
 from aiohttp import web
 
+from control import mosquitto
 from control.app import CTX, build_app
 from control.auth import TokenStore
 from control.config import ControlConfig
@@ -21,6 +22,7 @@ from control.context import ControlContext
 from shared import config as cfg
 from shared import topics
 from shared.messages import REGISTRY, Ack, ApplianceStatus, Telemetry
+from tests.conftest import Mosquitto
 
 ADMIN = "admin"
 
@@ -91,6 +93,29 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
 
+
+
+async def reloading_mosquitto(tmp_path: Path, control_factory: Any) -> tuple[Mosquitto, Harness, str]:
+    """A private Mosquitto enforcing the control plane's generated passwd and ACL (anonymous refused),
+    and a control plane that reloads it through its pid file after every change; with the control
+    plane's own broker password.  The caller owns the broker (``broker.cleanup()``)."""
+    broker = Mosquitto(tmp_path)
+    files = broker.workdir
+    pid_file = files / "mosquitto.pid"
+    control_password = mosquitto.new_password()
+    mosquitto.write_broker_files(files, {"control": mosquitto.hash_password(control_password)}, "control")
+    broker.extra_config = (f"allow_anonymous false\npassword_file {files / 'passwd'}\n"
+                           f"acl_file {files / 'acl'}\npid_file {pid_file}\n")
+    broker.start()
+    try:
+        await eventually(pid_file.exists)
+        h = await control_factory({"mqtt": {"username": "control", "password": control_password},
+                                   "broker": {"files_dir": str(files), "reload": f"pid:{pid_file}"}},
+                                  broker_port=broker.port)
+    except BaseException:
+        broker.cleanup()
+        raise
+    return broker, h, control_password
 
 def control_config(state: Path, broker_port: int, extra: dict[str, dict[str, Any]] | None = None) -> ControlConfig:
     doc: dict[str, dict[str, Any]] = {

@@ -18,10 +18,9 @@ import pytest
 from control import mosquitto
 from shared import topics
 from shared.mqtt_auth import Acl
-from tests.conftest import Mosquitto
 from tests.mqtt_acl_cases import A, B, check_acl, check_logins, expected_acl, expected_logins
 
-from .conftest import eventually
+from .conftest import eventually, reloading_mosquitto
 
 
 def test_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
@@ -69,19 +68,8 @@ def test_reload_setting_is_checked() -> None:
 
 async def test_enrolled_appliances_are_confined_and_reload_needs_no_manual_step(
         tmp_path: Path, control_factory: Any) -> None:
-    broker = Mosquitto(tmp_path)
-    files = broker.workdir
-    pid_file = files / "mosquitto.pid"
-    control_password = mosquitto.new_password()
-    mosquitto.write_broker_files(files, {"control": mosquitto.hash_password(control_password)}, "control")
-    broker.extra_config = (f"allow_anonymous false\npassword_file {files / 'passwd'}\n"
-                           f"acl_file {files / 'acl'}\npid_file {pid_file}\n")
-    broker.start()
+    broker, h, control_password = await reloading_mosquitto(tmp_path, control_factory)
     try:
-        await eventually(pid_file.exists)
-        h = await control_factory({"mqtt": {"username": "control", "password": control_password},
-                                   "broker": {"files_dir": str(files), "reload": f"pid:{pid_file}"}},
-                                  broker_port=broker.port)
         passwords = {A: (await h.enroll(A, site="s1"))["mqtt"]["password"],
                      B: (await h.enroll(B, site="s1"))["mqtt"]["password"]}
 

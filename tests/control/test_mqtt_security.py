@@ -34,7 +34,7 @@ from shared.tasks import TaskGroup
 from tests.conftest import Mosquitto, free_port
 from tests.shared.test_mqtt_tls import _fresh, _make_ca
 
-from .conftest import eventually
+from .conftest import eventually, reloading_mosquitto
 
 AID = "edge-a"
 
@@ -177,19 +177,8 @@ async def test_a_login_stored_but_not_acked_before_a_stop_is_acked_after_the_res
         tmp_path: Path, control_factory: Any, daemons: Any) -> None:
     """The edge stores a rotated login, then stops before its ack went out: the ack is owed in the
     credentials file, and the restarted edge sends it, so the rotation still completes."""
-    broker = Mosquitto(tmp_path)
-    files = broker.workdir
-    pid_file = files / "mosquitto.pid"
-    control_password = mosquitto.new_password()
-    mosquitto.write_broker_files(files, {"control": mosquitto.hash_password(control_password)}, "control")
-    broker.extra_config = (f"allow_anonymous false\npassword_file {files / 'passwd'}\n"
-                           f"acl_file {files / 'acl'}\npid_file {pid_file}\n")
-    broker.start()
+    broker, h, _ = await reloading_mosquitto(tmp_path, control_factory)
     try:
-        await eventually(pid_file.exists)
-        h = await control_factory({"mqtt": {"username": "control", "password": control_password},
-                                   "broker": {"files_dir": str(files), "reload": f"pid:{pid_file}"}},
-                                  broker_port=broker.port)
         bundle = await h.enroll(AID, site="s1")
         old_password = bundle["mqtt"]["password"]
         http_port = free_port()

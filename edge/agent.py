@@ -24,7 +24,7 @@ from typing import Any
 from shared import topics
 from shared.envelope import Envelope
 from shared.errors import InvalidInput
-from shared.files import write_private
+from shared.files import write_atomic, write_private
 from shared.messages import (
     REGISTRY,
     Ack,
@@ -43,7 +43,6 @@ from shared.spool import Spool
 from shared.tasks import TaskGroup
 
 from . import telemetry
-from .catalog import write_atomic
 from .config import EdgeConfig
 from .metrics import EdgeMetrics
 from .outbox import TelemetryOutbox
@@ -263,28 +262,28 @@ class EdgeAgent:
                 log.warning("telemetry sample not spooled: %s", exc)
 
 
-def _load_draining(path: Path) -> bool:
-    """The last drain command's state (False when none was ever received or the file is unreadable)."""
+def _read_state(path: Path) -> dict[str, Any]:
+    """A small JSON state file of this agent's; {} when it is absent, unreadable or not an object."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        return False
+        return {}
     except (OSError, ValueError) as exc:
         log.warning("ignoring %s: %s", path, exc)
-        return False
-    return isinstance(doc, dict) and doc.get("draining") is True
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _load_draining(path: Path) -> bool:
+    """The last drain command's state (False when none was ever received or the file is unreadable)."""
+    doc = _read_state(path)
+    return doc.get("draining") is True
 
 
 def _stored_rotation(path: Path) -> tuple[str, str, str, str] | None:
     """``(command id, command type, user, password)`` of a rotated login stored but not acked yet."""
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return None
-    unacked = doc.get("unacked") if isinstance(doc, dict) else None
+    doc = _read_state(path)
+    unacked = doc.get("unacked")
     if not isinstance(unacked, dict):
         return None
     cid, ctype, user, password = (unacked.get("command_id"), unacked.get("command_type"), doc.get("username"),
@@ -297,15 +296,9 @@ def _stored_rotation(path: Path) -> tuple[str, str, str, str] | None:
 
 def _load_applied(path: Path) -> dict[str, tuple[int, float]]:
     """kind -> (generation, envelope ts) of the desired state last applied ({} if none or unreadable)."""
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return {}
+    doc = _read_state(path)
     out: dict[str, tuple[int, float]] = {}
-    for kind, entry in (doc.items() if isinstance(doc, dict) else ()):
+    for kind, entry in doc.items():
         if isinstance(entry, dict) and isinstance(entry.get("generation"), int) \
                 and isinstance(entry.get("ts"), int | float):
             out[str(kind)] = (entry["generation"], float(entry["ts"]))

@@ -41,10 +41,10 @@ from shared.bandits import LinearBandit
 from shared.bundle import METADATA_NAME, BundleError, clean_staging, open_bundle, parse_metadata
 from shared.envelope import Envelope
 from shared.errors import InvalidInput
+from shared.files import write_atomic
 from shared.ids import check_id
 from shared.messages import Ack, DesiredModel, ModelDescriptor
 
-from .catalog import write_atomic
 from .metrics import EdgeMetrics
 from .rerank import F32, CandidateError, check_spec
 

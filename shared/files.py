@@ -1,4 +1,5 @@
-"""Replacing files on disk: complete or absent (temp file + fsync + rename), private from the first byte.
+"""Replacing files on disk: complete or absent (temp file + fsync + rename + directory fsync), private
+from the first byte.
 
 Every write gets its own temporary name (``mkstemp``), so two threads or tasks replacing the same file
 at once cannot trip over each other's temporary file: the last rename wins and both succeed.
@@ -27,6 +28,11 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dfd)
 
 
 def write_private(path: Path, data: bytes | str) -> None:

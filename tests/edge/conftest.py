@@ -21,6 +21,7 @@ from edge.manifest import FileEntry
 from edge.store import CacheStore
 from shared import config as cfg
 from shared import tokens
+from shared.messages import REGISTRY, DesiredFill, FileSetRef, FillSource
 from shared.signing import Signer
 
 
@@ -194,6 +195,23 @@ class Origin:
     def source(self, kind: str) -> str:
         return f"{self.url}/{kind}"
 
+
+
+def fill_ref(origin: Any, title: str, files: dict[str, bytes], version: str = "v1",
+             kinds: tuple[str, ...] | list[str] = ("good",)) -> FileSetRef:
+    """A plan entry for a set built with :func:`build_file_set`, filled from the origin's ``kinds`` sources."""
+    return FileSetRef(title, version, f"{origin.url}/manifests/{title}/{version}.json",
+                      sum(len(b) for b in files.values()),
+                      [FillSource(f"{origin.source(k)}/{title}/{version}", "origin") for k in kinds])
+
+
+def publish_fill(w: Any, aid: str, gen: int, refs: list[FileSetRef], *, rate_bps: int = 0, window: str = "") -> str:
+    """Publish a retained fill desired state as the control plane would; returns its envelope id."""
+    env_id = f"fill-{aid}-{gen}"
+    w.publish(f"nearcast/v1/appliances/{aid}/desired/fill",
+              REGISTRY.encode(DesiredFill(gen, refs, fill_window=window, rate_limit_bps=rate_bps),
+                              sender="control", msg_id=env_id), retain=True)
+    return env_id
 
 def build_file_set(root: Path, signer: Signer, title: str, version: str, files: dict[str, bytes],
                    *, extra: dict[str, Any] | None = None) -> None:

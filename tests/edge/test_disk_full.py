@@ -20,7 +20,8 @@ from edge.fetch import DiskFull, Fetcher
 from edge.manifest import FileEntry
 from edge.metrics import EdgeMetrics
 from edge.pacing import TokenBucket
-from shared.messages import REGISTRY, DesiredFill, FileSetRef, FillSource
+from shared.messages import FillSource
+from tests.edge.conftest import fill_ref, publish_fill
 
 SMALL = {"s/master.m3u8": b"#EXTM3U\n", "s/seg_1.m4s": os.urandom(700_000)}
 BIG = {f"b/seg_{i}.m4s": os.urandom(500_000) for i in range(4)}  # 2 MB
@@ -47,18 +48,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def ref(origin: Any, title: str, files: dict[str, bytes]) -> FileSetRef:
-    return FileSetRef(title, "v1", f"{origin.url}/manifests/{title}/v1.json", sum(len(b) for b in files.values()),
-                      [FillSource(f"{origin.source('good')}/{title}/v1", "origin")])
-
-
-def publish(w: Any, aid: str, gen: int, refs: list[FileSetRef]) -> str:
-    env_id = f"fill-{aid}-{gen}"
-    w.publish(f"nearcast/v1/appliances/{aid}/desired/fill",
-              REGISTRY.encode(DesiredFill(gen, refs), sender="control", msg_id=env_id), retain=True)
-    return env_id
-
-
 def final_acks(w: Any, env_id: str) -> list[Any]:
     return [a for a in w.bodies("/acks") if a.command_id == env_id and a.status in ("done", "failed")]
 
@@ -78,7 +67,7 @@ async def test_full_disk_stops_fills_with_a_clear_status_and_serving_goes_on(
                               fill={"retry_s": 0.3})
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env1 = publish(w, aid, 1, [ref(origin, "small", SMALL)])
+    env1 = publish_fill(w, aid, 1, [fill_ref(origin, "small", SMALL)])
     await w.wait(lambda: bool(final_acks(w, env1)))
     assert final_acks(w, env1)[-1].status == "done"
     seg = edge.content_url(edge.token("small"), "small", "s/seg_1.m4s")
@@ -86,7 +75,7 @@ async def test_full_disk_stops_fills_with_a_clear_status_and_serving_goes_on(
 
     ballast = small_fs / "ballast"  # someone else's 1.6 MB on the same filesystem
     ballast.write_bytes(b"\0" * 1_600_000)
-    env2 = publish(w, aid, 2, [ref(origin, "small", SMALL), ref(origin, "big", BIG)])
+    env2 = publish_fill(w, aid, 2, [fill_ref(origin, "small", SMALL), fill_ref(origin, "big", BIG)])
     await w.wait(lambda: bool(final_acks(w, env2)))
     ack = final_acks(w, env2)[0]
     assert ack.status == "failed" and "disk full" in ack.reason, ack
@@ -123,10 +112,10 @@ async def test_sets_outside_the_plan_make_room_on_a_full_filesystem(
                                      "reserve_bytes": 64 * 1024})
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env1 = publish(w, aid, 1, [ref(origin, "small", SMALL)])
+    env1 = publish_fill(w, aid, 1, [fill_ref(origin, "small", SMALL)])
     await w.wait(lambda: bool(final_acks(w, env1)))
     (small_fs / "ballast").write_bytes(b"\0" * 1_600_000)  # big fits only once small is gone
-    env2 = publish(w, aid, 2, [ref(origin, "big", BIG)])  # small is no longer planned
+    env2 = publish_fill(w, aid, 2, [fill_ref(origin, "big", BIG)])  # small is no longer planned
     await w.wait(lambda: bool(final_acks(w, env2)))
     assert final_acks(w, env2)[-1].status == "done"
     assert await edge.ctx.store.get_set(("small", "v1")) is None

@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 
-from shared.messages import REGISTRY, DesiredFill, FileSetRef, FillSource
+from shared.messages import FileSetRef
 from shared.tasks import TaskGroup
+from tests.edge.conftest import fill_ref, publish_fill
 
 FILES = {
     "hls/master.m3u8": b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8\n",
@@ -21,18 +22,7 @@ FILES = {
 
 
 def ref(origin: Any, title: str, version: str, kinds: list[str], files: dict[str, bytes] = FILES) -> FileSetRef:
-    return FileSetRef(title, version, f"{origin.url}/manifests/{title}/{version}.json",
-                      sum(len(b) for b in files.values()),
-                      [FillSource(f"{origin.source(k)}/{title}/{version}", "origin") for k in kinds])
-
-
-def publish_desired(w: Any, aid: str, gen: int, refs: list[FileSetRef], rate_bps: int = 0,
-                    window: str = "") -> str:
-    env_id = f"fill-{aid}-{gen}"
-    w.publish(f"nearcast/v1/appliances/{aid}/desired/fill",
-              REGISTRY.encode(DesiredFill(gen, refs, fill_window=window, rate_limit_bps=rate_bps),
-                              sender="control", msg_id=env_id), retain=True)
-    return env_id
+    return fill_ref(origin, title, files, version, kinds)
 
 
 def final_ack(w: Any, env_id: str) -> Any:
@@ -53,7 +43,7 @@ async def test_corrupt_source_is_detected_and_next_source_used(edge: Any, origin
     w = watch(aid)
     await w.wait(edge.ctx.agent.session.connected.is_set)
     assert (await fetch(edge, "t1", "hls/master.m3u8"))[0] == 404  # not held yet
-    env_id = publish_desired(w, aid, 1, [ref(origin, "t1", "v1", ["corrupt", "good"])])
+    env_id = publish_fill(w, aid, 1, [ref(origin, "t1", "v1", ["corrupt", "good"])])
     await w.wait(lambda: final_ack(w, env_id) is not None)
     ack = final_ack(w, env_id)
     assert ack.status == "done", ack
@@ -70,7 +60,7 @@ async def test_interrupted_transfer_resumes_with_range(edge: Any, origin: Any, f
     file_set(origin.root, keys.signer, "t2", "v1", FILES)
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env_id = publish_desired(w, aid, 1, [ref(origin, "t2", "v1", ["flaky"])])
+    env_id = publish_fill(w, aid, 1, [ref(origin, "t2", "v1", ["flaky"])])
     await w.wait(lambda: final_ack(w, env_id) is not None)
     assert final_ack(w, env_id).status == "done"
     resumed = [r for p, r in origin.requests if p.endswith("seg_1.m4s") and r]
@@ -86,7 +76,7 @@ async def test_bad_manifests_fail_the_set_and_nothing_is_served(edge: Any, origi
     file_set(origin.root, keys.signer, "t4", "v1", {"../escape.m4s": b"x"})
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env_id = publish_desired(w, aid, 1, [ref(origin, "t3", "v1", ["good"]), ref(origin, "t4", "v1", ["good"]),
+    env_id = publish_fill(w, aid, 1, [ref(origin, "t3", "v1", ["good"]), ref(origin, "t4", "v1", ["good"]),
                                          ref(origin, "t5", "v1", ["good"])])
     await w.wait(lambda: final_ack(w, env_id) is not None)
     ack = final_ack(w, env_id)
@@ -98,7 +88,7 @@ async def test_bad_manifests_fail_the_set_and_nothing_is_served(edge: Any, origi
     assert (await fetch(edge, "t3", "hls/master.m3u8"))[0] == 404
     assert not (edge.ctx.store.dir / "escape.m4s").exists()
     # a malformed window rejects the generation outright
-    bad_id = publish_desired(w, aid, 2, [], window="25:00-26:00")
+    bad_id = publish_fill(w, aid, 2, [], window="25:00-26:00")
     await w.wait(lambda: final_ack(w, bad_id) is not None)
     assert final_ack(w, bad_id).status == "rejected"
 
@@ -129,13 +119,13 @@ async def test_capacity_is_never_exceeded_and_eviction_follows_the_plan(
     tasks.spawn(sample(), name="disk sampler")
     try:
         w = watch(aid)
-        env1 = publish_desired(w, aid, 1, [ref(origin, "ta", "v1", ["good"], set_a),
+        env1 = publish_fill(w, aid, 1, [ref(origin, "ta", "v1", ["good"], set_a),
                                            ref(origin, "tb", "v1", ["good"], set_b)])
         await w.wait(lambda: final_ack(w, env1) is not None)
         ack = final_ack(w, env1)
         assert ack.status == "failed" and "no room" in ack.detail["file_sets"]["tb/v1"]["reason"]
         assert ack.detail["file_sets"]["ta/v1"]["state"] == "done"
-        env2 = publish_desired(w, aid, 2, [ref(origin, "tb", "v1", ["good"], set_b)])
+        env2 = publish_fill(w, aid, 2, [ref(origin, "tb", "v1", ["good"], set_b)])
         await w.wait(lambda: final_ack(w, env2) is not None)
         assert final_ack(w, env2).status == "done"
         held = {r.key: r.state for r in await edge.ctx.store.sets()}
@@ -168,7 +158,7 @@ async def test_rate_limit_holds_within_ten_percent(keys: Any, origin: Any, file_
     w = watch(aid)
     rate_bytes = 1_000_000
     try:
-        env_id = publish_desired(w, aid, 1, [ref(origin, "tr", "v1", ["good"], files)], rate_bps=rate_bytes * 8)
+        env_id = publish_fill(w, aid, 1, [ref(origin, "tr", "v1", ["good"], files)], rate_bps=rate_bytes * 8)
         await w.wait(lambda: final_ack(w, env_id) is not None, timeout=30)
     finally:
         await tasks.aclose()
@@ -193,7 +183,7 @@ async def test_fill_waits_for_its_window_and_oversized_manifests_are_refused(
     w = watch(aid)
     opens = datetime.now() + timedelta(hours=2)
     window = f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}"
-    env_id = publish_desired(w, aid, 1, [ref(origin, "tw", "v1", ["good"])], window=window)
+    env_id = publish_fill(w, aid, 1, [ref(origin, "tw", "v1", ["good"])], window=window)
 
     def waiting() -> bool:
         return any(a.status == "progress" and a.detail["file_sets"]["tw/v1"]["state"] == "waiting_window"
@@ -202,7 +192,7 @@ async def test_fill_waits_for_its_window_and_oversized_manifests_are_refused(
     await w.wait(waiting)
     await asyncio.sleep(0.3)
     assert not origin.requests  # not even the manifest: nothing moves outside the window
-    env2 = publish_desired(w, aid, 2, [ref(origin, "tb", "v1", ["good"], big)])  # a new plan interrupts the wait
+    env2 = publish_fill(w, aid, 2, [ref(origin, "tb", "v1", ["good"], big)])  # a new plan interrupts the wait
     await w.wait(lambda: final_ack(w, env2) is not None)
     ack = final_ack(w, env2)
     assert ack.status == "failed" and "larger than 2000 bytes" in ack.detail["file_sets"]["tb/v1"]["reason"]
@@ -221,15 +211,15 @@ async def test_room_is_made_from_superseded_versions_first_never_by_reviving_one
     edge = await edge_factory(cache={"capacity_bytes": 700_000})
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env = publish_desired(w, aid, 1, [ref(origin, "ta", "v1", ["good"], v1)])
+    env = publish_fill(w, aid, 1, [ref(origin, "ta", "v1", ["good"], v1)])
     await w.wait(lambda: final_ack(w, env) is not None)
     for _ in range(50):
         assert await fetch(edge, "ta", "a/seg.m4s") == (200, v1["a/seg.m4s"])
-    env = publish_desired(w, aid, 2, [ref(origin, "ta", "v2", ["good"], v2)])
+    env = publish_fill(w, aid, 2, [ref(origin, "ta", "v2", ["good"], v2)])
     await w.wait(lambda: final_ack(w, env) is not None)
     assert await fetch(edge, "ta", "a/seg.m4s") == (200, v2["a/seg.m4s"])
     await edge.ctx.store.flush_hits()  # what housekeeping does every few seconds
-    env = publish_desired(w, aid, 3, [ref(origin, "tb", "v1", ["good"], other)])
+    env = publish_fill(w, aid, 3, [ref(origin, "tb", "v1", ["good"], other)])
     await w.wait(lambda: final_ack(w, env) is not None)
     assert final_ack(w, env).status == "done"
     assert {r.key for r in await edge.ctx.store.sets()} == {("ta", "v2"), ("tb", "v1")}

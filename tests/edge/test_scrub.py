@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.messages import REGISTRY, DesiredFill, FileSetRef, FillSource
+from tests.edge.conftest import fill_ref, publish_fill
 
 FILES = {
     "hls/master.m3u8": b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n720p/index.m3u8\n",
@@ -20,18 +20,6 @@ FILES = {
     "hls/720p/seg_2.m4s": os.urandom(120_000),
 }
 SIZE = sum(len(b) for b in FILES.values())
-
-
-def ref(origin: Any, title: str) -> FileSetRef:
-    return FileSetRef(title, "v1", f"{origin.url}/manifests/{title}/v1.json", SIZE,
-                      [FillSource(f"{origin.source('good')}/{title}/v1", "origin")])
-
-
-def publish(w: Any, aid: str, gen: int, refs: list[FileSetRef]) -> str:
-    env_id = f"fill-{aid}-{gen}"
-    w.publish(f"nearcast/v1/appliances/{aid}/desired/fill",
-              REGISTRY.encode(DesiredFill(gen, refs), sender="control", msg_id=env_id), retain=True)
-    return env_id
 
 
 def done(w: Any, env_id: str) -> bool:
@@ -50,7 +38,7 @@ async def filled_edge(edge_factory: Any, origin: Any, file_set: Any, keys: Any, 
     edge = await edge_factory(scrub=scrub)
     aid = edge.ctx.config.appliance.id
     w = watch(aid)
-    env_id = publish(w, aid, 1, [ref(origin, title)])
+    env_id = publish_fill(w, aid, 1, [fill_ref(origin, title, FILES)])
     await w.wait(lambda: done(w, env_id))
     return edge, w
 
@@ -146,7 +134,7 @@ async def test_a_damaged_set_outside_the_plan_is_evicted(
         edge_factory: Any, origin: Any, file_set: Any, keys: Any, watch: Any) -> None:
     edge, w = await filled_edge(edge_factory, origin, file_set, keys, watch, "sc4", interval_s=0)
     aid = edge.ctx.config.appliance.id
-    env2 = publish(w, aid, 2, [])  # the set is kept beyond the plan (it still serves hits)...
+    env2 = publish_fill(w, aid, 2, [])  # the set is kept beyond the plan (it still serves hits)...
     await w.wait(lambda: done(w, env2))
     assert (await fetch(edge, "sc4", "hls/master.m3u8"))[0] == 200
     flip_byte(edge.ctx.store.set_dir(("sc4", "v1"), complete=True) / "hls/720p/seg_2.m4s", 0)

@@ -5,6 +5,7 @@ one to at least N examples (the thorough run quoted in CHANGELOG.md uses 10000).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -59,3 +60,19 @@ def mqtt_received(url: str) -> dict[str, float]:
     m = metrics(url)
     return {r: m.get(f'nearcast_mqtt_messages_received_total{{result="{r}"}}', 0.0)
             for r in ("ok", "rejected", "failed")}
+
+
+async def first_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pieces: list[bytes]) -> bytes:
+    """Send a piece every 0.1 s until the server answers (a slow client); what it answered, read until it
+    closed the connection."""
+    answer = b""
+    for piece in pieces:
+        try:
+            answer = await asyncio.wait_for(reader.read(65536), 0.1)
+        except TimeoutError:
+            writer.write(piece)
+            continue
+        break
+    answer += await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer

@@ -18,6 +18,7 @@ from aiohttp import web
 from control.app import CTX, build_app, connection_limits, make_site
 from control.auth import TokenStore
 from control.ratelimit import TokenBuckets, client_key, too_many_requests
+from tests.hostile import first_answer
 
 from .conftest import Harness, control_config, eventually
 
@@ -78,17 +79,9 @@ async def trickle_head(port: int, start: bytes, pieces: list[bytes] | None = Non
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.monotonic()
     writer.write(start)
-    answer = b""
-    for piece in pieces if pieces is not None else [b"X-%d: y\r\n" % i for i in range(300)]:
-        try:
-            answer = await asyncio.wait_for(reader.read(65536), 0.1)
-        except TimeoutError:
-            writer.write(piece)
-            continue
-        break
+    answer = await first_answer(reader, writer, pieces if pieces is not None else
+                                [b"X-%d: y\r\n" % i for i in range(300)])
     elapsed = time.monotonic() - started
-    answer += await asyncio.wait_for(reader.read(), 5)
-    writer.close()
     return answer, elapsed
 
 

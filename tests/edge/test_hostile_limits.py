@@ -8,27 +8,14 @@ from typing import Any
 
 import pytest
 
+from tests.hostile import first_answer
+
 HTTP = {"header_timeout_s": 0.4, "idle_timeout_s": 3.0, "max_connections": 4, "max_header_bytes": 4096}
 FILES = {"hls/master.m3u8": b"#EXTM3U\n"}
 
 
 def refused(edge: Any, reason: str) -> float:
     return float(edge.ctx.metrics.refused.labels(reason)._value.get())
-
-
-async def first_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pieces: list[bytes]) -> bytes:
-    """Send a piece every 0.1 s until the server answers; what it answered, read until it closed."""
-    answer = b""
-    for piece in pieces:
-        try:
-            answer = await asyncio.wait_for(reader.read(65536), 0.1)
-        except TimeoutError:
-            writer.write(piece)
-            continue
-        break
-    answer += await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    return answer
 
 
 @pytest.fixture(params=["handed-over", "aiohttp-only"])

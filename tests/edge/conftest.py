@@ -39,15 +39,21 @@ class Keys:
     control_file: Path
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
+def make_keys(directory: Path) -> Keys:
+    """URL-token keys and a control signing key, written where an edge config points at them."""
+    directory.mkdir(parents=True, exist_ok=True)
     tk = tokens.TokenKeys.generate()
-    token_file = tmp_path / "token-keys.json"
+    token_file = directory / "token-keys.json"
     tk.save(token_file)
     signer = Signer.generate()
-    control_file = tmp_path / "control-keys.json"
+    control_file = directory / "control-keys.json"
     control_file.write_text(json.dumps({signer.key_id: signer.public_key_b64()}))
     return Keys(tk, signer, token_file, control_file)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path)
 
 
 def make_config(tmp_path: Path, keys: Keys, **sections: dict[str, Any]) -> EdgeConfig:

@@ -41,9 +41,8 @@ from typing import Any, TypeVar
 
 from shared import tokens
 from shared.messages import REGISTRY
-from shared.signing import Signer
 from tests.conftest import Daemon, Mosquitto, free_port
-from tests.edge.conftest import Keys, Watcher
+from tests.edge.conftest import Keys, Watcher, make_keys
 
 T = TypeVar("T")
 
@@ -140,18 +139,6 @@ def metric_sum(samples: Mapping[str, float], name: str, **labels: str) -> float:
 
 
 # -- keys and desired state -------------------------------------------------------------------------
-
-
-def make_keys(directory: Path) -> Keys:
-    """URL-token keys and a control signing key, written where an edge config points at them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tk = tokens.TokenKeys.generate()
-    token_file = directory / "token-keys.json"
-    tk.save(token_file)
-    signer = Signer.generate()
-    control_file = directory / "control-keys.json"
-    control_file.write_text(json.dumps({signer.key_id: signer.public_key_b64()}))
-    return Keys(tk, signer, token_file, control_file)
 
 
 def desired_topic(appliance_id: str, kind: str) -> str:

@@ -29,7 +29,8 @@ in-process Python cost 51 -> ~19 us per segment, 23 -> ~8-13 us per memory-hit m
 ``bench/serve.py --repeats 5`` on that session's machine, idle: segments 1.60 vs nginx 1.64 GB/s
 (0.97x); manifests 14.5k vs 31.1k req/s (0.47x), on a machine where a bare aiohttp server reached
 0.25x nginx (0.57x on the first session's), i.e. Python ran about half as fast relative to nginx;
-an experiment with uvloop under the fast path gained ~10 % at most, not enough to adopt it then.
+a quick uvloop trial under the fast path gave 16.6k and 19.6k req/s against asyncio's 16.7k in one
+alternation (within the machine's noise), not enough evidence to adopt it then.
 """
 
 from __future__ import annotations

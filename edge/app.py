@@ -163,8 +163,9 @@ def build_app(config: EdgeConfig, *, bound_port: int | None = None) -> web.Appli
     demand = RecentDemand(config.rerank.demand_window_s)
 
     def on_hit(key: tuple[str, str]) -> None:
-        store.record_hit(key)
-        demand.add(key[0], time.time())
+        now = time.time()
+        store.record_hit(key, now)
+        demand.add(key[0], now)
 
     server.on_hit = on_hit
     f = config.fill

@@ -24,4 +24,5 @@ def serve(config_path: Path, verbose: int) -> None:
     """Run the edge daemon until SIGTERM or SIGINT."""
     from .daemon import run
 
-    daemon_cli.serve(EdgeConfig, config_path, env_prefix=ENV_PREFIX, verbose=verbose, run=run)
+    daemon_cli.serve(EdgeConfig, config_path, env_prefix=ENV_PREFIX, verbose=verbose, run=run,
+                     event_loop=lambda conf: conf.http.event_loop)

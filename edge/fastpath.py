@@ -8,7 +8,8 @@ ones the aiohttp handler uses, as are the metrics and the demand accounting (``b
 
 What it serves itself: ``GET``, ``HEAD`` and ``OPTIONS`` on ``/v1/content/...`` without a body.
 Manifests and init segments answered from memory are written from ``data_received`` without a task;
-a segment gets one task that awaits ``loop.sendfile`` (real ``sendfile(2)`` on the selector loop).
+a segment goes out with ``sendfile(2)`` from there too, and gets a task only when the socket is full
+(:meth:`FastProtocol._send_file`, the same on asyncio's loop and uvloop, which has no ``loop.sendfile``).
 Keep-alive, pipelining (answered in order, one at a time), ``Connection: close`` and HTTP/1.0.
 
 What it hands over: any other request (``/healthz``, ``/metrics``, ``/v1/home``, a POST, a body,
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -44,7 +45,7 @@ from shared.httplimits import ConnectionLimits
 from shared.tasks import TaskGroup
 
 from .sendfile import FALLBACK_CHUNK, Reply
-from .serving import PREFLIGHT_HEADERS, ContentServer, Exchange, PendingRead
+from .serving import CONDITIONAL_HEADERS, PREFLIGHT_HEADERS, ContentServer, Exchange, PendingRead
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ HANDED_OVER_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token (methods, header names)
 _TARGET_RE = re.compile(rb"[!-~\x80-\xff]+")  # no controls, no spaces
 READ_PAUSE_BYTES = 256 * 1024  # stop reading a pipelining client that is this far ahead of us
+# Flow control: pause_writing as soon as anything is left in the transport's buffer, resume_writing
+# once it is empty.  The buffer only ever holds a head, a memory answer or one WAKE_CHUNK of a body
+# (see _send_file), and _process answers nothing more until it is flushed.
+WRITE_HIGH_WATER = 0
+WAKE_CHUNK = 16 * 1024
 # Parsed request heads, by their exact bytes: players repeat the same head (same target, same headers)
 # for every manifest poll, and parsing is a pure function of those bytes.  Only valid, short heads.
 HEAD_CACHE = 512
@@ -85,6 +91,24 @@ class BadRequest(Exception):
         self.status = status
 
 
+class _Head:
+    """A parsed request head and what the server decides from it alone, remembered by its exact bytes."""
+
+    __slots__ = ("conditional", "headers", "keep_alive", "method", "method_str", "ours", "target", "target_str",
+                 "version")
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: dict[str, str]) -> None:
+        self.method, self.target, self.version, self.headers = method, target, version, headers
+        self.method_str = method.decode("ascii")
+        self.target_str = target.decode("latin-1")
+        connection = headers.get("connection", "").lower()
+        self.keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
+        self.conditional = not CONDITIONAL_HEADERS.isdisjoint(headers)
+        # Served here: a body-less GET/HEAD/OPTIONS on a content path; anything else goes to aiohttp.
+        self.ours = (method in SERVED_METHODS and target.startswith(PREFIX)
+                     and HANDED_OVER_HEADERS.isdisjoint(headers))
+
+
 class FastProtocol(asyncio.Protocol):
     """One client connection, until it closes or is handed to aiohttp."""
 
@@ -105,8 +129,9 @@ class FastProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # asyncio's or uvloop's TCP transport (uvloop's is not an asyncio.Transport subclass, same interface)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=0)
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         site = self.site
@@ -116,6 +141,7 @@ class FastProtocol(asyncio.Protocol):
             self._close()
             return
         site.connections.add(self)
+        self.server.track(transport)
         self.deadline = self.loop.time() + site.limits.idle_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,6 +153,8 @@ class FastProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        # _process stops without stamping a deadline: give a slow reader the idle timeout from here.
+        self.deadline = self.loop.time() + self.site.limits.idle_timeout_s
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -137,7 +165,11 @@ class FastProtocol(asyncio.Protocol):
             self._process()
 
     def data_received(self, data: bytes) -> None:
-        if not self.buf and not self.busy and not self.in_head:
+        # The head deadline starts with a head's first byte: _process stamps it when it stops at an
+        # incomplete head, and the idle deadline when it stops at an empty buffer (one clock read per
+        # read, none per request); only a client we cannot write to (so _process does not run) is
+        # stamped here.
+        if self.write_paused and not self.buf and not self.busy and not self.in_head:
             self.in_head = True
             self.deadline = self.loop.time() + self.site.limits.header_timeout_s
         self.buf += data
@@ -174,38 +206,34 @@ class FastProtocol(asyncio.Protocol):
                 return
             raw_head = bytes(buf[:end])
             heads = self.site.heads
-            parsed = heads.get(raw_head)
-            if parsed is None:
+            head = heads.get(raw_head)
+            if head is None:
                 try:
-                    parsed = _parse_head(raw_head)
+                    head = _Head(*_parse_head(raw_head))
                 except BadRequest as exc:
                     self._fail(exc.status, str(exc))
                     return
                 if end <= HEAD_CACHE_MAX_BYTES:
                     if len(heads) >= HEAD_CACHE:
                         heads.clear()
-                    heads[raw_head] = parsed
-            method, target, version, headers = parsed
-            if (method not in SERVED_METHODS or not target.startswith(PREFIX)
-                    or not HANDED_OVER_HEADERS.isdisjoint(headers)):
+                    heads[raw_head] = head
+            if not head.ours:
                 self._hand_over()
                 return
             del buf[:end + 4]
             self.in_head = False
-            connection = headers.get("connection", "").lower()
-            keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
-            if not self._serve(method.decode(), target.decode("latin-1"), headers, keep_alive, version):
+            if not self._serve(head):
                 return  # waiting for a task; it calls _process again
 
-    def _serve(self, method: str, target: str, headers: dict[str, str], keep_alive: bool,
-               version: bytes) -> bool:
+    def _serve(self, head: _Head) -> bool:
         """Answer one request; False while a task finishes it (the caller stops and waits)."""
+        method, keep_alive, version = head.method_str, head.keep_alive, head.version
         if method == "OPTIONS":  # preflight: not a content request for the metrics, as in aiohttp
             self._write(Reply(204, dict(PREFLIGHT_HEADERS)), method, keep_alive, version)
             return True
         server = self.server
-        started = server.begin(self.transport)
-        ex = Exchange(method, target, headers, self.client_ip)
+        started = server.begin(None)  # the transport was registered once, in connection_made
+        ex = Exchange(method, head.target_str, head.headers, self.client_ip, conditional=head.conditional)
         try:
             answer = server.resolve(ex)
         except BaseException:
@@ -225,8 +253,6 @@ class FastProtocol(asyncio.Protocol):
                 answer.close()
                 if not keep_alive:
                     self._close()
-                elif not self.buf:
-                    self.deadline = self.loop.time() + self.site.limits.idle_timeout_s
                 server.end(ex, answer, started)
                 return True
         if isinstance(answer, PendingRead) or sent is not None:
@@ -234,7 +260,8 @@ class FastProtocol(asyncio.Protocol):
             self.deadline = float("inf")
             self.site.tasks.spawn(self._finish(ex, answer, keep_alive, version, started, sent), name="send")
             return False
-        answer.close()
+        if answer.fd >= 0:
+            answer.close()
         self._write(answer, method, keep_alive, version)
         server.end(ex, answer, started)
         return True
@@ -303,22 +330,44 @@ class FastProtocol(asyncio.Protocol):
         return sent
 
     async def _send_file(self, reply: Reply, offset: int) -> None:
+        """The body from ``offset`` on, with ``sendfile(2)`` whenever the socket takes it.
+
+        Works the same on every event loop (uvloop has no ``loop.sendfile``): while the transport's
+        buffer is empty the socket is written directly; when the socket is full (EAGAIN), the next
+        ``WAKE_CHUNK`` bytes are read and handed to the transport, whose flow control says when the
+        socket has room again (``resume_writing`` once that chunk is out): the only copy, 16 KiB per
+        full socket, is what it costs to be told.  With ``use_sendfile`` off every chunk goes through
+        the transport.
+        """
         transport = self.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("connection lost")
-        if self.server.use_sendfile:
-            with open(reply.fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230 (wraps the fd)
-                await self.loop.sendfile(transport, fobj, offset, reply.stop - offset)
-            return
-        while offset < reply.stop:
-            chunk = os.pread(reply.fd, min(FALLBACK_CHUNK, reply.stop - offset), offset)
+        stop = reply.stop
+        out = self._socket_fd() if self.server.use_sendfile else -1
+        while offset < stop:
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("connection lost")
+            if self.write_paused:
+                self._drain = self.loop.create_future()
+                await self._drain
+                continue
+            if out >= 0 and not transport.get_write_buffer_size():
+                try:
+                    n = os.sendfile(out, reply.fd, offset, stop - offset)
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    raise ConnectionResetError("file shrank while being sent")
+                if n > 0:
+                    offset += n
+                    continue
+            chunk = os.pread(reply.fd, min(WAKE_CHUNK if out >= 0 else FALLBACK_CHUNK, stop - offset), offset)
             if not chunk:
                 raise ConnectionResetError("file shrank while being sent")
             transport.write(chunk)
             offset += len(chunk)
-            if self.write_paused:
-                self._drain = self.loop.create_future()
-                await self._drain
+
+    def _socket_fd(self) -> int:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     # -- writing ----------------------------------------------------------------------------------
     def _head(self, reply: Reply, keep_alive: bool, version: bytes) -> bytes:
@@ -349,8 +398,6 @@ class FastProtocol(asyncio.Protocol):
             transport.write(head)
         if not keep_alive:
             self._close()
-        elif not self.buf:
-            self.deadline = self.loop.time() + self.site.limits.idle_timeout_s
 
     def _write_error(self, status: int, message: str) -> None:
         body = f'{{"error": "{message}"}}'.encode()
@@ -445,7 +492,7 @@ class FastSite(web.BaseSite):
         self.connections: set[FastProtocol] = set()
         self.tasks = TaskGroup("fastpath")
         self.date = _Date()
-        self.heads: dict[bytes, tuple[bytes, bytes, bytes, dict[str, str]]] = {}
+        self.heads: dict[bytes, _Head] = {}
         self.loop = asyncio.get_event_loop()
         self.factory: Callable[[], asyncio.Protocol] = _no_server
 

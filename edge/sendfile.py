@@ -100,12 +100,14 @@ async def send_reply(request: web.Request, reply: Reply, *, use_sendfile: bool =
     writer = await resp.prepare(request)
     if request.method != "HEAD" and reply.length > 0 and writer is not None:
         await writer.drain()  # the headers go before the body
-        if use_sendfile:
+        loop = asyncio.get_running_loop()
+        # uvloop has no loop.sendfile (AbstractEventLoop's raises NotImplementedError): copy instead.
+        if use_sendfile and isinstance(loop, asyncio.BaseEventLoop):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
             with open(reply.fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230 (no I/O: wraps the fd)
-                await asyncio.get_running_loop().sendfile(transport, fobj, reply.start, reply.length)
+                await loop.sendfile(transport, fobj, reply.start, reply.length)
         else:
             offset = reply.start
             while offset < reply.stop:

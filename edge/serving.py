@@ -53,7 +53,7 @@ GRANT_CACHE = 4096
 PATH_CACHE = 4096  # parsed raw paths (pure, so safe to remember); bounded like the grant cache
 PLAIN_CACHE = 1024  # rendered header lines of memory-cached files
 # Request headers that make a memory answer depend on more than the file: such requests take the full rules.
-_CONDITIONAL = ("range", "if-range", "if-none-match", "if-modified-since")
+CONDITIONAL_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since"})
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified",
@@ -66,6 +66,8 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Max-Age": "86400",
 }
 
+
+_STATUS_TEXT = {code: str(code) for code in (200, 206, 302, 304, 400, 403, 404, 416)}
 
 # Request headers, looked up by lower-case name (aiohttp's CIMultiDict, or the fast path's plain dict).
 Headers = Mapping[str, str]
@@ -81,6 +83,14 @@ class Exchange:
     client_ip: str
     kind: str = "other"
     title: str = ""
+    # Whether any of CONDITIONAL_HEADERS is present, when the shell already knows (the fast path
+    # decides it once per distinct request head); None: look it up in ``headers``.
+    conditional: bool | None = None
+
+    def is_conditional(self) -> bool:
+        if self.conditional is None:
+            self.conditional = any(h in self.headers for h in CONDITIONAL_HEADERS)
+        return self.conditional
 
 
 @dataclass(slots=True)
@@ -142,6 +152,10 @@ class ContentServer:
     def _open_connections(self) -> float:
         return float(sum(1 for t in self._transports if not t.is_closing()))
 
+    def track(self, transport: asyncio.BaseTransport) -> None:
+        """Count this connection in the open-connections gauge (a shell may do it once per connection)."""
+        self._transports.add(transport)
+
     def begin(self, transport: asyncio.BaseTransport | None) -> float:
         """Every shell calls this when a content request starts, and :meth:`end` when it is done."""
         if transport is not None:
@@ -152,10 +166,14 @@ class ContentServer:
     def end(self, ex: Exchange, reply: Reply | None, started: float, *, aborted: bool = False) -> None:
         """Requests, bytes and latency by status and kind; per-title demand for what was served."""
         self.in_flight -= 1
-        status = "499" if aborted or reply is None else str(reply.status)
-        sent = 0 if aborted or reply is None else reply.body_bytes(ex.method)
-        self._stats.record(status, ex.kind, sent, time.perf_counter() - started)
-        if ex.title and not aborted and reply is not None and reply.status < 400:
+        elapsed = time.perf_counter() - started
+        if aborted or reply is None:
+            self._stats.record("499", ex.kind, 0, elapsed)
+            return
+        code = reply.status
+        sent = reply.body_bytes(ex.method)
+        self._stats.record(_STATUS_TEXT.get(code) or str(code), ex.kind, sent, elapsed)
+        if ex.title and code < 400:
             self.metrics.demand.add(ex.title, sent)
 
     def resolve(self, ex: Exchange) -> Reply | PendingRead:
@@ -261,7 +279,7 @@ class ContentServer:
         cached = self.memory.get(key)
         if cached is not None:
             self._hits["memory"] += 1
-            if any(h in ex.headers for h in _CONDITIONAL):
+            if ex.is_conditional():
                 return _from_memory(ex.headers, cached, creq.path, ex.kind)
             return self._plain_reply(key, cached, creq.path, ex.kind)
         rel = f"{creq.title_id}/{version}/{creq.path}"
@@ -289,7 +307,7 @@ class ContentServer:
             log.warning("cannot stat %s/%s: %s", self._base, rel, exc)
             return self._miss(creq, grant, "health")
         self._hits["disk"] += 1
-        if any(h in ex.headers for h in _CONDITIONAL):
+        if ex.is_conditional():
             headers = {"Content-Type": content_type(creq.path), "Cache-Control": cache_control(ex.kind),
                        **CORS_HEADERS}
             return fd_reply(fd, st, headers, ex.headers)

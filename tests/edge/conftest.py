@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from edge.app import CTX, EdgeContext, build_app, handler_options, make_site
@@ -23,6 +24,16 @@ from shared import config as cfg
 from shared import tokens
 from shared.messages import REGISTRY, DesiredFill, FileSetRef, FillSource
 from shared.signing import Signer
+
+# The wire tests of the fast path run on both event loops the daemon supports (``http.event_loop``):
+# uvloop is the default and has no loop.sendfile, so the fast path's own sendfile loop is exercised on it.
+BOTH_LOOPS = ("test_fastpath.py", "test_lifecycle.py")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if item.path.name in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def free_port() -> int:

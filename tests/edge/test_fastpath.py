@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -188,3 +189,43 @@ async def test_connections_beyond_the_limit_get_503(fast: Any) -> None:
     for _, w in held:
         w.close()
     writer.close()
+
+
+async def test_each_loop_variant_runs_on_the_loop_it_names(request: pytest.FixtureRequest) -> None:
+    """tests/edge/conftest.py runs this module on asyncio's loop and on uvloop (the daemon's default)."""
+    name = type(asyncio.get_running_loop()).__module__
+    assert name.startswith(request.node.callspec.id), name
+
+
+async def test_a_slow_reader_gets_the_whole_segment_mostly_by_sendfile(
+        fast: Any, seed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client with a small receive window: the socket is full again and again.  The body still arrives
+    whole and in order, the pipelined request after it is answered, and sendfile(2) carried most of it
+    (the transport only gets a 16 KiB chunk each time the socket is full, to be told when it has room)."""
+    real, by_sendfile = os.sendfile, []
+
+    def counting(out: int, fd: int, offset: int, count: int) -> int:
+        n = real(out, fd, offset, count)
+        by_sendfile.append(n)
+        return n
+
+    big = os.urandom(10 * 1024 * 1024)  # more than the kernel's largest send buffer (tcp_wmem: 4 MB)
+    await seed(fast.ctx.store, "t2", "v1", {"big.m4s": big, "master.m3u8": MASTER})
+    monkeypatch.setattr(os, "sendfile", counting)
+    tok = fast.token("t2")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", fast.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+    writer.write(get(f"/v1/content/{tok}/t2/big.m4s") + get(f"/v1/content/{tok}/t2/master.m3u8"))
+    await reader.readuntil(b"\r\n\r\n")
+    body = bytearray()
+    while len(body) < len(big):
+        body += await asyncio.wait_for(reader.read(min(4096, len(big) - len(body))), 5)
+        await asyncio.sleep(0)
+    assert bytes(body) == big
+    assert (await read_response(reader))[2] == MASTER
+    writer.close()
+    assert len(by_sendfile) > 2  # the socket was full more than once
+    assert sum(by_sendfile) > len(big) // 2, (sum(by_sendfile), len(by_sendfile))

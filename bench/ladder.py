@@ -35,6 +35,7 @@ ones too), i.e. it tunes the metric, not the title.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 import time
 from dataclasses import replace
@@ -62,6 +63,21 @@ def encode_and_score(master: Path, info: ProbeResult, spec: IngestSpec, plan: Pl
     return [(t.id, t.average_bitrate, q, s) for t, (q, s) in zip(videos, scores, strict=True)]
 
 
+def excerpt(master: Path, start: float, seconds: float | None, out: Path) -> Path:
+    """``seconds`` of ``master`` from ``start``, losslessly re-encoded (x264 qp 0, video only).
+
+    A lossless copy scores exactly like the source frames it holds, and its keyframes fall where
+    the cut says (a stream copy would snap to the source's keyframes).
+    """
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-ss", f"{start}", "-i", str(master)]
+    if seconds is not None:
+        cmd += ["-t", f"{seconds}"]
+    cmd += ["-map", "0:v:0", "-an", "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            str(out)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 def bd(ref: list[Point], test: list[Point], metric: int) -> str:
     def curve(pts: list[Point]) -> list[tuple[float, float]]:
         return [(p[1], p[2] if metric == 2 else p[3]) for p in pts]
@@ -74,7 +90,11 @@ def bd(ref: list[Point], test: list[Point], metric: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--seconds", type=float,
+                    help="length of the generated master (default 12), or of the excerpt of --master "
+                         "(default: to its end)")
+    ap.add_argument("--start", type=float, default=0.0,
+                    help="with --master: the excerpt starts this many seconds in")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--preset", default="veryfast")
@@ -85,8 +105,13 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ladder-") as tmp:
         root = Path(tmp)
-        master = args.master or make_master(root / "master.mp4", seconds=args.seconds, width=args.width,
-                                            height=args.height, noise=1.5, scene_seconds=3.0)
+        if args.master is None:
+            master = make_master(root / "master.mp4", seconds=args.seconds or 12.0, width=args.width,
+                                 height=args.height, noise=1.5, scene_seconds=3.0)
+        elif args.start or args.seconds:
+            master = excerpt(args.master, args.start, args.seconds, root / "excerpt.mp4")
+        else:
+            master = args.master
         info = probe(master)
         base = IngestSpec(title_id="fixed", name="bench", ladder="fixed", preset=args.preset, artwork_candidates=0)
         auto = replace(base, title_id="auto", ladder="auto")

@@ -288,6 +288,8 @@ class FastProtocol(asyncio.Protocol):
         finally:
             if reply is not None:
                 reply.close()
+            if isinstance(answer, PendingRead):
+                answer.close()  # no-op once read() took the descriptor
             self.server.end(ex, reply, started, aborted=aborted)
             self.busy = False
             if not self.closing:

@@ -95,15 +95,27 @@ class Exchange:
 
 @dataclass(slots=True)
 class PendingRead:
-    """A manifest or init segment on disk, not yet in memory: read it off the loop, then answer."""
+    """A manifest or init segment on disk, not yet in memory: read it off the loop, then answer.
 
-    real: str
+    ``fd`` is the descriptor :mod:`edge.beneath` opened (no symlink anywhere below ``sets/``): the
+    bytes are read from it, never by path again, so nothing swapped in after the check is read.
+    :meth:`ContentServer.read` closes it; :meth:`close` is for a caller that drops the read.
+    """
+
+    real: str  # for log lines only
+    fd: int
+    size: int
     key: Key
     mtime_ns: int
     creq: ContentRequest
     kind: str
     grant: tokens.Grant
     headers: Headers
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 def cache_control(kind: str) -> str:
@@ -205,8 +217,9 @@ class ContentServer:
     async def read(self, pending: PendingRead) -> Reply:
         """Read a manifest or init segment off the event loop, keep it in memory, answer from there."""
         verify = self.verify_read
+        fd, pending.fd = pending.fd, -1  # the reading thread owns it now, and closes it
         try:
-            body, digest = await _read_small(pending.real, digest=verify is not None)
+            body, digest = await _read_small(fd, pending.size, digest=verify is not None)
         except OSError as exc:
             log.warning("cannot read %s: %s", pending.real, exc)
             return self._miss(pending.creq, pending.grant, "health")
@@ -300,8 +313,8 @@ class ContentServer:
                 os.close(fd)
                 return self._miss(creq, grant, "content")
             if memory_cacheable(creq.path, st.st_size):
-                os.close(fd)
-                return PendingRead(f"{self._base}/{rel}", key, st.st_mtime_ns, creq, ex.kind, grant, ex.headers)
+                return PendingRead(f"{self._base}/{rel}", fd, st.st_size, key, st.st_mtime_ns, creq, ex.kind, grant,
+                                   ex.headers)
         except OSError as exc:
             os.close(fd)
             log.warning("cannot stat %s/%s: %s", self._base, rel, exc)
@@ -407,11 +420,23 @@ def next_source(fallbacks: tuple[str, ...], self_urls: tuple[str, ...]) -> str |
     return None
 
 
-async def _read_small(path: str, *, digest: bool = False) -> tuple[bytes, str]:
-    """The file's bytes and, if asked, their sha256 (hashed on the same thread, off the loop)."""
+async def _read_small(fd: int, size: int, *, digest: bool = False) -> tuple[bytes, str]:
+    """The bytes of the open file ``fd`` (``size`` from its fstat; a file that changed size since is an
+    error) and, if asked, their sha256, read and hashed on a thread, off the loop; closes ``fd``."""
     def read() -> tuple[bytes, str]:
-        with open(path, "rb") as fh:
-            body = fh.read()
+        try:
+            parts, offset = [], 0
+            while offset < size:
+                chunk = os.pread(fd, size - offset, offset)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                offset += len(chunk)
+            body = b"".join(parts)
+            if len(body) != size or os.pread(fd, 1, size):
+                raise OSError(f"file changed size while being read ({size} bytes expected)")
+        finally:
+            os.close(fd)
         return body, hashlib.sha256(body).hexdigest() if digest else ""
 
     return await asyncio.get_running_loop().run_in_executor(None, read)

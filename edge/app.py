@@ -36,7 +36,9 @@ Session 4 (this machine: raw asyncio Protocol answering 1 KB 70.7k req/s, uvloop
 perf: ~56% of the edge's CPU in the interpreter, the rest the kernel's send/receive): what a request
 head decides is remembered with it, connections are tracked once and the clock read once per read
 (in-process 13.0 -> 9.9 us), manifests 0.49x -> 0.61x nginx; on uvloop (``http.event_loop``, now the
-default) 0.72x in the same conditions (``bench/serve.py --repeats 3``: 34.0k vs 47.1k req/s).
+default) 0.72x in the same conditions (``bench/serve.py --repeats 3``: 34.0k vs 47.1k req/s).  Idle,
+``bench/serve.py --repeats 5`` (both loops in one run): manifests 31.9k (uvloop) and 26.8k (asyncio)
+vs nginx 45.8k req/s = 0.70x and 0.59x; segments 2.43 vs 2.49 GB/s = 0.97x on either loop.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ class HttpSettings:
     fast_path: bool = setting(True, "Serve content requests with the purpose-built HTTP/1.1 server "
                                     "(edge.fastpath; other routes are handed to aiohttp on the same port); "
                                     "false: aiohttp serves everything.")
-    event_loop: str = setting("uvloop", "Event loop: uvloop (libuv; measured 1.17x the manifest requests/s of "
-                                        "asyncio's, bench/serve.py) or asyncio (the standard library's).",
+    event_loop: str = setting("uvloop", "Event loop: uvloop (libuv; 1.17x-1.19x the manifest requests/s of "
+                                        "asyncio's in bench/serve.py) or asyncio (the standard library's).",
                               check=event_loop_check)
     max_header_bytes: int = setting(16 * 1024, "Largest request head (request line and headers) accepted; "
                                                "a larger one gets 431.", check=positive)

@@ -94,11 +94,10 @@ class BadRequest(Exception):
 class _Head:
     """A parsed request head and what the server decides from it alone, remembered by its exact bytes."""
 
-    __slots__ = ("conditional", "headers", "keep_alive", "method", "method_str", "ours", "target", "target_str",
-                 "version")
+    __slots__ = ("conditional", "headers", "keep_alive", "method_str", "ours", "target_str", "version")
 
     def __init__(self, method: bytes, target: bytes, version: bytes, headers: dict[str, str]) -> None:
-        self.method, self.target, self.version, self.headers = method, target, version, headers
+        self.version, self.headers = version, headers
         self.method_str = method.decode("ascii")
         self.target_str = target.decode("latin-1")
         connection = headers.get("connection", "").lower()
@@ -232,7 +231,7 @@ class FastProtocol(asyncio.Protocol):
             self._write(Reply(204, dict(PREFLIGHT_HEADERS)), method, keep_alive, version)
             return True
         server = self.server
-        started = server.begin(None)  # the transport was registered once, in connection_made
+        started = server.begin()
         ex = Exchange(method, head.target_str, head.headers, self.client_ip, conditional=head.conditional)
         try:
             answer = server.resolve(ex)

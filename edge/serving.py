@@ -165,13 +165,12 @@ class ContentServer:
         return float(sum(1 for t in self._transports if not t.is_closing()))
 
     def track(self, transport: asyncio.BaseTransport) -> None:
-        """Count this connection in the open-connections gauge (a shell may do it once per connection)."""
+        """Count this connection in the open-connections gauge (the fast path does it once per connection,
+        the aiohttp shell per request: a set, so repeats cost nothing but the call)."""
         self._transports.add(transport)
 
-    def begin(self, transport: asyncio.BaseTransport | None) -> float:
+    def begin(self) -> float:
         """Every shell calls this when a content request starts, and :meth:`end` when it is done."""
-        if transport is not None:
-            self._transports.add(transport)
         self.in_flight += 1
         return time.perf_counter()
 
@@ -240,7 +239,9 @@ class ContentServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp shell (``http.fast_path = false``, and connections handed over by :mod:`edge.fastpath`)."""
-        started = self.begin(request.transport)
+        if request.transport is not None:
+            self.track(request.transport)
+        started = self.begin()
         ex = Exchange(request.method, request.raw_path, request.headers, request.remote or "")
         reply: Reply | None = None
         aborted = False
@@ -424,19 +425,10 @@ async def _read_small(fd: int, size: int, *, digest: bool = False) -> tuple[byte
     """The bytes of the open file ``fd`` (``size`` from its fstat; a file that changed size since is an
     error) and, if asked, their sha256, read and hashed on a thread, off the loop; closes ``fd``."""
     def read() -> tuple[bytes, str]:
-        try:
-            parts, offset = [], 0
-            while offset < size:
-                chunk = os.pread(fd, size - offset, offset)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                offset += len(chunk)
-            body = b"".join(parts)
-            if len(body) != size or os.pread(fd, 1, size):
-                raise OSError(f"file changed size while being read ({size} bytes expected)")
-        finally:
-            os.close(fd)
+        with open(fd, "rb") as fh:  # takes ownership: closed on the way out
+            body = fh.read(size + 1)  # one byte more tells a grown file from a whole one
+        if len(body) != size:
+            raise OSError(f"file changed size while being read ({size} bytes expected, {len(body)} read)")
         return body, hashlib.sha256(body).hexdigest() if digest else ""
 
     return await asyncio.get_running_loop().run_in_executor(None, read)

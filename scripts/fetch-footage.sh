@@ -108,7 +108,7 @@ if ! have arjs/VID_20160503_165602.mp4 || ! have arjs/magic-book.mov; then
   fi
 fi
 
-# deb_member PKG MEMBER DEST: one file out of a .deb (dpkg-deb, else ar + tar).
+# deb_member PKG MEMBER DEST: one file out of a .deb (dpkg-deb; deb_pkg checked it is installed).
 deb_member() {
   local x="$tmp/x-$(basename "$3")"
   mkdir -p "$x"

@@ -17,7 +17,9 @@ class BDRateError(ValueError):
     """The curves cannot be compared (too few points, or no quality range in common)."""
 
 
-def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+def rd_curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(bitrate, quality)`` points as (quality, log10 bitrate) arrays, quality strictly increasing:
+    the curve :func:`bd_rate` interpolates (``PchipInterpolator(*rd_curve(points))``)."""
     pts = sorted((q, np.log10(r)) for r, q in points if r > 0)
     # Keep quality strictly increasing: a point no better than a cheaper one is off the curve.
     qs: list[float] = []
@@ -37,8 +39,8 @@ def bd_rate(reference: Sequence[tuple[float, float]], test: Sequence[tuple[float
 
     Points are ``(bitrate, quality)``.  Negative means ``test`` needs fewer bits (-20.0 = 20 % saved).
     """
-    q1, r1 = _curve(reference)
-    q2, r2 = _curve(test)
+    q1, r1 = rd_curve(reference)
+    q2, r2 = rd_curve(test)
     lo, hi = max(q1[0], q2[0]), min(q1[-1], q2[-1])
     if hi <= lo:
         raise BDRateError(f"no common quality range: {q1[0]:.2f}-{q1[-1]:.2f} vs {q2[0]:.2f}-{q2[-1]:.2f}")

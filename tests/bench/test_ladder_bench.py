@@ -6,9 +6,7 @@ The BD-rate run itself takes minutes on real footage; it is a documented command
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,18 +18,12 @@ from control.encode.ladder import RDPoint
 from control.encode.probe import probe
 from control.encode.quality import luma
 from control.encode.synth import make_master
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def ladder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ladder", ROOT / "bench" / "ladder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ladder")
 
 
 def _frames(path: Path) -> list[np.ndarray]:

@@ -6,7 +6,6 @@ The real soak (10 minutes, titles played) is a documented command: ``bench/READM
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
@@ -17,17 +16,12 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("soak")
 
 
 def _series(soak: ModuleType, rss: list[float], fds: list[int], *, step: float = 10.0) -> list[Any]:

@@ -12,10 +12,12 @@ import base64
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 import aiohttp
 
 from shared.errors import NearcastError
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 
@@ -173,9 +177,35 @@ class Browser:
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
-async def _stop_group(proc: asyncio.subprocess.Process) -> None:
+def live_in_group(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that still run (zombies, which have ended and wait only for
+    their parent or init to reap them, are not counted)."""
+    live = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # state, ppid, pgrp
+            live.append(int(entry.name))
+    return live
+
+
+async def _stop_group(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
     """SIGKILL the process group ``proc`` leads (the browser and every helper it started: its profile is
-    a temporary directory, so there is nothing to shut down gracefully) and reap ``proc``."""
+    a temporary directory, so there is nothing to shut down gracefully), reap ``proc``, and wait until
+    the kernel has ended the rest: SIGKILL is delivered at once but a process in the middle of a system
+    call (Chromium's helpers often are) dies a moment later, and returning before that leaves browsers
+    running for whoever checks next."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
+    deadline = time.monotonic() + timeout
+    while (left := await asyncio.to_thread(live_in_group, proc.pid)) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # and anything forked since the first signal
+        await asyncio.sleep(0.02)
+    if left:
+        log.warning("Chromium processes %s still running %.0f s after SIGKILL", left, timeout)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from nearcast.browser import Browser, find_chromium
+from nearcast.browser import Browser, find_chromium, live_in_group
 
 STATIC = Path(__file__).resolve().parents[2] / "control" / "web" / "static"
 ARTIFACTS = Path(os.environ.get("NEARCAST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
@@ -59,26 +59,11 @@ async def test_player_fails_over_to_the_next_source(site: str) -> None:
         assert result["state"]["sourceIndex"] == 1 and result["state"]["failovers"] == 1
 
 
-def _live_in_group(pgid: int) -> list[int]:
-    """Processes of process group ``pgid`` that are still running (zombies, waiting for init, are not)."""
-    live = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
-            live.append(int(entry.name))
-    return live
-
-
 async def test_closing_the_browser_leaves_no_process_behind() -> None:
     """Debian's chromium-headless-shell is a shell script that runs the browser as a child: closing must
     end the whole process group, not only the script (every test used to leave a browser running)."""
     async with Browser() as browser:
         await browser.navigate("about:blank")
         leader = browser._proc.pid if browser._proc is not None else -1
-        assert len(_live_in_group(leader)) > 1  # the script's browser and its helpers
-    assert _live_in_group(leader) == []
+        assert len(live_in_group(leader)) > 1  # the script's browser and its helpers
+    assert live_in_group(leader) == []

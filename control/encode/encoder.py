@@ -63,6 +63,12 @@ def encoder_settings(codec: Codec, rung: VideoRung, gop: int, preset: str, threa
     CRF), else its average bitrate (set as the codec context's ``bit_rate``, see
     :func:`rc_bit_rate`); both under a VBV cap of 1.5x over 2 s.  A CRF rung without a bitrate
     (a trial encode mapping a CRF to the rate it produces) is uncapped.
+
+    Not bit-reproducible everywhere: on CPUs with AVX-512 (seen on AMD Zen 4) libx264's
+    macroblock-tree asm reads heap memory it has not written, so the same job can come out a few
+    bits different from one run to the next (PSNR within ~0.01 dB). Left as it is: limiting x264 to
+    AVX2 or turning mbtree off would cost speed or quality for every title. Tests that compare bytes
+    run their encodes with a fixed heap (``fixed_heap`` in ``tests/control/encode/conftest.py``).
     """
     vbv = {"maxrate": str(rung.maxrate), "bufsize": str(rung.bufsize)} if rung.bitrate else {}
     crf = {} if rung.crf is None else {"crf": f"{rung.crf:g}"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def test_encode_settings_close_gops_and_cap_rate() -> None:
     assert av1["crf"] == "23.5" and av1["maxrate"] == "750000"
 
 
-def test_encode_chunk_is_the_same_with_or_without_the_decode_thread(tmp_path: Path) -> None:
+def test_encode_chunk_is_the_same_with_or_without_the_decode_thread(tmp_path: Path,
+                                                                    fixed_heap: ProcessPoolExecutor) -> None:
     src = make_master(tmp_path / "m.mp4", seconds=1, width=160, height=90, audio=False)
     rungs = (VideoRung("h264", 160, 90, 150_000, 26.0), VideoRung("h264", 96, 54, 60_000))
     outs = []
@@ -89,5 +91,6 @@ def test_encode_chunk_is_the_same_with_or_without_the_decode_thread(tmp_path: Pa
         out = tmp_path / str(helper)
         out.mkdir()
         job = ChunkJob(str(src), 0.0, Fraction(24), 0, 24, (0, 12), 25, rungs, str(out), 0, prefetch=helper)
-        outs.append({rid: Path(p).read_bytes() for rid, p in encode_chunk(job).items()})
+        paths = fixed_heap.submit(encode_chunk, job).result()
+        outs.append({rid: Path(p).read_bytes() for rid, p in paths.items()})
     assert outs[0] == outs[1] and len(outs[0]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -60,12 +61,12 @@ def test_encode_trial_points_improve_with_bitrate(master: Path) -> None:
     assert 0 < low.ssim < high.ssim <= 1
 
 
-def test_encode_crf_trials_count_keyframes_at_the_titles_rate(master: Path) -> None:
+def test_encode_crf_trials_count_keyframes_at_the_titles_rate(master: Path, fixed_heap: ProcessPoolExecutor) -> None:
     # Two one-second windows, each starting with an IDR; the title has one every four seconds.
     job = TrialJob(str(master), 0.0, Fraction(24), ((0, 24), (48, 72)), "h264", 416, 234, (), "veryfast",
                    crfs=(24, 34))
-    sampled = run_trial(job)
-    title = run_trial(replace(job, keyframe_interval=96))
+    sampled = fixed_heap.submit(run_trial, job).result()
+    title = fixed_heap.submit(run_trial, replace(job, keyframe_interval=96)).result()
     assert [p.crf for p in sampled] == [24, 34] and [p.requested for p in sampled] == [0, 0]
     assert [p.quality for p in title] == [p.quality for p in sampled]
     for s, t in zip(sampled, title, strict=True):
